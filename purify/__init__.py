@@ -1,0 +1,1 @@
+"""purify: input purification for image classifiers."""
