@@ -1,0 +1,29 @@
+"""Classifiers with pretrained weights: CIFAR-10 ResNet-20 / ResNet-56.
+
+Every model from :func:`create_model` takes images in [0, 1] (normalization is inside) and is
+returned in eval mode::
+
+    >>> from purify.models import create_model, list_models
+    >>> list_models()
+    ['resnet20', 'resnet56']
+    >>> model = create_model("resnet20")  # pretrained=True loads the sha256-checked checkpoint
+"""
+
+from purify.models.evaluation import count_correct
+from purify.models.factory import ModelConfig, create_model, get_model_config, list_models
+from purify.models.loading import load_checkpoint, resolve_weights
+from purify.models.normalize import Normalized
+from purify.models.resnet_cifar import BasicBlock, CifarResNet
+
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "ModelConfig",
+    "Normalized",
+    "count_correct",
+    "create_model",
+    "get_model_config",
+    "list_models",
+    "load_checkpoint",
+    "resolve_weights",
+]

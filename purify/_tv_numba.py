@@ -1,0 +1,136 @@
+"""Fused CPU kernel for the masked-TV primal-dual iteration (numba).
+
+Why a kernel: the iteration is a handful of stencil and pointwise operations on
+tiny planes (32x32 for CIFAR). Eager torch runs each as a separate pass over the
+whole batch and is memory-bound (~80 us per iteration per image on one core);
+``torch.compile`` fuses a step but still sweeps the batch per iteration (~17 us).
+This kernel instead runs *all* iterations of one (image, channel) plane while its
+arrays (~20 KB) stay in L1 cache, with branch-free inner loops that LLVM
+vectorizes: ~4.5 us per iteration per 32x32x3 image on one core. Planes are
+independent, so ``prange`` spreads them over threads.
+
+The kernel computes exactly the iteration of :func:`purify.tv._pdhg_torch`
+(relaxed Chambolle-Pock, primal step first); a test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+def pdhg_planes(x, keep, z, tau_p, sig_p, lam_p, consts, iters, tol, iters_done):  # pragma: no cover - compiled
+    """Run the relaxed primal-dual iteration on P independent planes, writing the result into ``z``.
+
+    The initial guess is :func:`purify.tv._inpaint_init`'s: x on kept values, the mean of the kept
+    3x3 neighbours on dropped ones, the plane's mean of x where no neighbour is kept.
+
+    Args (numpy, one dtype throughout):
+        x, keep, z: (P, H, W); ``z`` receives the result (clipped to [0, 1]).
+        tau_p, sig_p, lam_p: (P,) primal step, dual step and TV weight per plane.
+        consts: (4,) = [relaxation rho, tiny, 0, 1] in the working dtype (keeps float32 math in float32).
+        iters: maximum number of iterations; tol: stop a plane once its change, max(|dz|, 2 tau |dp|)
+            over the plane, is <= tol (tol < 0: never). The dual term matters: from p = 0 the first
+            primal step can be exactly zero while the dual still moves.
+        iters_done: (P,) int64, receives the iterations each plane ran.
+    """
+    n_planes, h, w = x.shape
+    rho = consts[0]
+    tiny = consts[1]
+    zero = consts[2]
+    one = consts[3]
+    two = one + one
+    for pi in nb.prange(n_planes):
+        tau = tau_p[pi]
+        sig = sig_p[pi]
+        lam = lam_p[pi]
+        xs = x[pi]
+        ks = keep[pi]
+        zs = z[pi]
+        # Padded dual variables: ph_pad[i + 1, j] = p_h[i, j] and pw_pad[i, j + 1] = p_w[i, j]. The
+        # zero row / column in front and the invariant p_h[H-1, :] = p_w[:, W-1] = 0 (their gradient
+        # is zero, so they never move) make the divergence branch-free.
+        ph_pad = np.zeros((h + 1, w), x.dtype)
+        pw_pad = np.zeros((h, w + 1), x.dtype)
+        # Over-relaxed primal point with a replicated last row / column, so forward differences
+        # across the border are zero without a branch.
+        zbar = np.empty((h + 1, w + 1), x.dtype)
+        a = np.empty((h, w), x.dtype)
+        b = np.empty((h, w), x.dtype)
+        for i in range(h):
+            for j in range(w):
+                a[i, j] = one / (one + two * tau * ks[i, j])
+                b[i, j] = two * tau * ks[i, j] * xs[i, j] * a[i, j]
+        _inpaint_init_plane(xs, ks, zs, zero, one)
+        done = iters
+        for it in range(iters):
+            change = zero
+            # Primal step: z~ = prox_{tau f}(z + tau div p), f = ||keep (z - x)||^2.
+            for i in range(h):
+                for j in range(w):
+                    d = ph_pad[i + 1, j] - ph_pad[i, j] + pw_pad[i, j + 1] - pw_pad[i, j]
+                    zi = zs[i, j]
+                    zt = (zi + tau * d) * a[i, j] + b[i, j]
+                    zbar[i, j] = two * zt - zi
+                    step = rho * (zt - zi)
+                    zs[i, j] = zi + step
+                    change = max(change, abs(step))
+                zbar[i, w] = zbar[i, w - 1]
+            for j in range(w + 1):
+                zbar[h, j] = zbar[h - 1, j]
+            # Dual step: p~ = projection onto the lam-ball of p + sig grad(2 z~ - z).
+            for i in range(h):
+                for j in range(w):
+                    qh = ph_pad[i + 1, j] + sig * (zbar[i + 1, j] - zbar[i, j])
+                    qw = pw_pad[i, j + 1] + sig * (zbar[i, j + 1] - zbar[i, j])
+                    s = lam / max(max(lam, math.sqrt(qh * qh + qw * qw)), tiny)
+                    dph = rho * (qh * s - ph_pad[i + 1, j])
+                    dpw = rho * (qw * s - pw_pad[i, j + 1])
+                    ph_pad[i + 1, j] += dph
+                    pw_pad[i, j + 1] += dpw
+                    change = max(change, two * tau * max(abs(dph), abs(dpw)))
+            if change <= tol:
+                done = it + 1
+                break
+        iters_done[pi] = done
+        for i in range(h):
+            for j in range(w):
+                zs[i, j] = min(one, max(zero, zs[i, j]))
+
+
+@nb.njit(fastmath=True, boundscheck=False, cache=True)
+def _inpaint_init_plane(xs, ks, zs, zero, one):  # pragma: no cover - compiled
+    h, w = xs.shape
+    mean = zero
+    for i in range(h):
+        for j in range(w):
+            mean += xs[i, j]
+    mean = mean / (h * w)
+    for i in range(h):
+        for j in range(w):
+            if ks[i, j] > zero:
+                zs[i, j] = xs[i, j]
+                continue
+            num = zero
+            den = zero
+            for di in range(max(i - 1, 0), min(i + 2, h)):
+                for dj in range(max(j - 1, 0), min(j + 2, w)):
+                    num += ks[di, dj] * xs[di, dj]
+                    den += ks[di, dj]
+            zs[i, j] = num / den if den > zero else mean
+
+
+def run_pdhg_planes(x: np.ndarray, keep: np.ndarray, tau: np.ndarray, sig: np.ndarray,
+                    lam: np.ndarray, *, rho: float, iters: int, tol: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Call the kernel on C-contiguous (P, H, W) arrays; returns (z clipped to [0, 1], iterations per plane)."""
+    dt = x.dtype
+    z = np.empty_like(x)
+    consts = np.array([rho, np.finfo(dt).tiny * 1e4, 0.0, 1.0], dtype=dt)
+    done = np.zeros(x.shape[0], dtype=np.int64)
+    pdhg_planes(np.ascontiguousarray(x), np.ascontiguousarray(keep, dtype=dt), z,
+                np.ascontiguousarray(tau, dtype=dt), np.ascontiguousarray(sig, dtype=dt),
+                np.ascontiguousarray(lam, dtype=dt), consts, int(iters), -1.0 if tol is None else float(tol), done)
+    return z, done

@@ -1,0 +1,331 @@
+"""Masked total-variation minimization (TVM), batched, on CPU and CUDA.
+
+Solves, independently for every image b and channel c::
+
+    min_z  ||(1 - X) * (z - x)||_2^2  +  weight_b * TV(z)
+
+where ``X`` is a Bernoulli drop mask (1 = dropped: no fidelity term, so the
+solve inpaints those pixels from their neighbours) and TV is the isotropic total
+variation with forward differences (see :mod:`purify.tv_reference` for the
+exact oracle and :func:`purify.tv_reference.tv_objective`).
+
+Algorithm: over-relaxed Chambolle-Pock / Condat primal-dual iteration (primal
+step first, relaxation rho = 1.9), started from a normalized-convolution
+inpainting of the dropped pixels. The step-size ratio is set per sample from its
+TV weight and kept fraction, ``tau / sigma = r^2`` with
+``r = 0.6 / keep_fraction * (0.03 / weight) ** 0.75`` and ``tau * sigma * 8 = 1``,
+tuned on CIFAR-10 validation images (not the test set). At the default 80
+iterations the worst relative objective gap against the exact solution was
+5e-4 over drop rates {0, 0.5} and weights {0.01, 0.03, 0.1}; the test suite
+asserts <= 1e-3 on test images. See ``benchmarks/results/tv_speed.md``.
+
+Two interchangeable executions of the same iteration:
+
+* ``numba`` (CPU, no autograd): one fused kernel per (image, channel) plane that
+  keeps the plane in L1 cache for all iterations, ~0.35 ms per 32x32x3 image on
+  one core at 80 iterations;
+* ``torch`` (any device, differentiable): the same iteration in plain tensor
+  ops, so an attack can differentiate through the unrolled solve.
+
+``backend="auto"`` picks numba for CPU tensors that need no gradient and torch
+otherwise. Both stop planes individually when ``tol`` is given, so an image's
+result never depends on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from purify._checks import (check_choice, check_float, check_generator, check_image_batch, check_int,
+                            per_sample)
+from purify.errors import DTypeError, RangeError, ShapeError
+
+__all__ = ["tv_minimize", "TVMinimize", "bernoulli_mask", "DEFAULT_TV_ITERS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TV_ITERS = 80
+_RELAXATION = 1.9
+_MASK_MODES = ("pixel", "element")
+_BACKENDS = ("auto", "torch", "numba")
+
+
+def bernoulli_mask(x: Tensor, drop_prob: float | Tensor, *, mask_mode: str = "pixel",
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Draw the TVM drop mask for a batch: 1 = dropped, with probability ``drop_prob`` per sample.
+
+    ``pixel`` drops whole pixels (all channels together, as in Guo et al.), ``element``
+    drops each channel value on its own.
+
+    Shape:
+        x: (B, C, H, W); drop_prob: float or (B,); output: (B, 1, H, W) for ``pixel``,
+        (B, C, H, W) for ``element``, same dtype and device as x.
+    Example:
+        >>> m = bernoulli_mask(torch.rand(2, 3, 8, 8), 0.5, generator=torch.Generator().manual_seed(0))
+        >>> m.shape
+        torch.Size([2, 1, 8, 8])
+    """
+    fn = "bernoulli_mask"
+    check_image_batch(fn, x, check_range=False)
+    check_choice(fn, mask_mode, name="mask_mode", choices=_MASK_MODES)
+    check_generator(fn, generator, x.device)
+    p = per_sample(fn, drop_prob, name="drop_prob", batch=x.shape[0], like=x, high=1.0)
+    return _draw_mask(x, p, mask_mode, generator)
+
+
+def _draw_mask(x: Tensor, p: Tensor, mask_mode: str, generator: torch.Generator | None) -> Tensor:
+    b, c, h, w = x.shape
+    shape = (b, 1, h, w) if mask_mode == "pixel" else (b, c, h, w)
+    u = torch.rand(shape, generator=generator, device=x.device, dtype=torch.float32)
+    return (u < p.detach().float()).to(x.dtype)
+
+
+def tv_minimize(x: Tensor, /, *, weight: float | Tensor = 0.03, drop_prob: float | Tensor = 0.5,
+                mask: Tensor | None = None, mask_mode: str = "pixel", iters: int = DEFAULT_TV_ITERS,
+                tol: float | None = None, generator: torch.Generator | None = None,
+                backend: str = "auto") -> Tensor:
+    """Masked total-variation purification (TVM).
+
+    Args:
+        x: images in [0, 1].
+        weight: TV weight lambda, a float or one value per image, >= 0.
+        drop_prob: probability that a pixel is dropped (float or per image, in [0, 1]);
+            ignored when ``mask`` is given.
+        mask: fixed drop mask, 1 = dropped; overrides the random draw.
+        mask_mode: ``"pixel"`` (drop all channels of a pixel together) or ``"element"``.
+        iters: number of primal-dual iterations (the maximum when ``tol`` is set).
+        tol: stop each (image, channel) plane once its largest per-iteration change,
+            ``max(|dz|, 2 tau |dp|)`` (primal step, and the dual step in pixel units), is <= tol;
+            None runs exactly ``iters`` iterations.
+        generator: source of randomness for the mask (on x's device); None uses torch's global RNG.
+        backend: ``"auto"``, ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU fast path).
+
+    Returns:
+        A new tensor, the minimizer clipped to [0, 1]. Gradients flow through the unrolled
+        iteration when ``x`` (or a tensor ``weight``) requires grad.
+
+    Shape:
+        x: (B, C, H, W), floating, values in [0, 1]; output: same shape, dtype and device.
+        mask: (H, W), or 4-D broadcastable to (B, C, H, W), e.g. (B, 1, H, W) or (B, C, H, W).
+    Raises:
+        ShapeError, RangeError, DTypeError, UnknownNameError
+    Example:
+        >>> tv_minimize(torch.rand(2, 3, 32, 32), weight=0.05).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    fn = "tv_minimize"
+    check_image_batch(fn, x)
+    check_choice(fn, mask_mode, name="mask_mode", choices=_MASK_MODES)
+    check_choice(fn, backend, name="backend", choices=_BACKENDS)
+    check_int(fn, iters, name="iters", low=1)
+    if tol is not None:
+        check_float(fn, tol, name="tol", low=0.0)
+    check_generator(fn, generator, x.device)
+    b = x.shape[0]
+    work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xw = x.to(work_dtype)
+    lam = per_sample(fn, weight, name="weight", batch=b, like=xw)
+    if mask is None:
+        p = per_sample(fn, drop_prob, name="drop_prob", batch=b, like=xw, high=1.0)
+        mask = _draw_mask(xw, p, mask_mode, generator)
+    else:
+        mask = _check_mask(fn, mask, xw)
+    if b == 0:
+        return x.clone()
+
+    keep = (1.0 - mask).expand_as(xw)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or lam.requires_grad)
+    use_numba = _choose_numba(fn, backend, xw, needs_grad)
+    tau, sig = _step_sizes(lam, keep)
+    if use_numba:
+        z = _pdhg_numba(xw, keep, tau, sig, lam, iters=iters, tol=tol)
+    else:
+        z = _pdhg_torch(xw, keep, _inpaint_init(xw, keep), tau, sig, lam, iters=iters, tol=tol)
+    return z.to(x.dtype)
+
+
+def _check_mask(fn: str, mask: object, x: Tensor) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise DTypeError(f"{fn}: expected mask to be a torch.Tensor or None, got {type(mask).__name__}")
+    b, c, h, w = x.shape
+    m = mask[None, None] if mask.dim() == 2 else mask
+    ok = m.dim() == 4 and all(ms in (1, xs) for ms, xs in zip(m.shape, x.shape)) and m.shape[2:] == (h, w)
+    if not ok:
+        raise ShapeError(
+            f"{fn}: expected mask of shape ({h}, {w}) or broadcastable to {(b, c, h, w)} such as "
+            f"{(b, 1, h, w)}, got {tuple(mask.shape)}; for a (B, H, W) mask use mask[:, None]"
+        )
+    if m.dtype == torch.bool:
+        m = m.to(x.dtype)
+    elif m.is_floating_point() or m.dtype in (torch.uint8, torch.int32, torch.int64):
+        if m.numel() and not bool(((m == 0) | (m == 1)).all()):
+            raise RangeError(f"{fn}: expected mask values in {{0, 1}} (1 = dropped), got other values")
+        m = m.to(x.dtype)
+    else:
+        raise DTypeError(f"{fn}: expected a bool or 0/1 mask, got dtype {m.dtype}")
+    return m.to(x.device)
+
+
+def _choose_numba(fn: str, backend: str, x: Tensor, needs_grad: bool) -> bool:
+    if backend == "torch":
+        return False
+    if backend == "numba":
+        if x.device.type != "cpu":
+            raise DTypeError(f"{fn}: backend='numba' runs on the CPU, got x on {x.device}; use backend='auto'")
+        if needs_grad:
+            raise DTypeError(f"{fn}: backend='numba' has no autograd; use backend='torch' to differentiate")
+        if _numba_kernel() is None:
+            raise ImportError(f"{fn}: backend='numba' needs numba: pip install numba")
+        return True
+    return x.device.type == "cpu" and not needs_grad and x.dtype in (torch.float32, torch.float64) \
+        and _numba_kernel() is not None
+
+
+def _numba_kernel():
+    """The compiled kernel module, or None when numba cannot be imported (torch path then)."""
+    try:
+        from purify import _tv_numba
+    except ImportError:  # numba missing or broken for this platform
+        log.info("numba unavailable; tv_minimize runs its torch implementation on the CPU")
+        return None
+    return _tv_numba
+
+
+def _step_sizes(lam: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample primal / dual steps with tau * sigma * ||grad||^2 = 1 (||grad||^2 <= 8)."""
+    keep_frac = keep.detach().mean(dim=(1, 2, 3), keepdim=True).clamp_min(0.05)
+    r = 0.6 / keep_frac * (0.03 / lam.detach().clamp_min(1e-3)) ** 0.75
+    tau = r / math.sqrt(8.0)
+    return tau, 1.0 / (8.0 * tau)
+
+
+def _inpaint_init(x: Tensor, keep: Tensor) -> Tensor:
+    """Initial guess: x on kept values, the mean of kept 3x3 neighbours on dropped ones.
+
+    A plane whose dropped value has no kept neighbour falls back to that plane's mean.
+    (3x3 sums as shifted adds: a single-channel conv2d costs as much as the whole solve on CPU.)
+    """
+    num = _box3(keep * x)
+    den = _box3(keep)
+    estimate = torch.where(den > 0, num / den.clamp_min(1e-12), x.mean(dim=(2, 3), keepdim=True))
+    return torch.where(keep > 0, x, estimate)
+
+
+def _box3(u: Tensor) -> Tensor:
+    """Sum over each 3x3 neighbourhood (zero outside the image), separably."""
+    u = F.pad(u, (1, 1, 1, 1))
+    u = u[..., :-2, :] + u[..., 1:-1, :] + u[..., 2:, :]
+    return u[..., :-2] + u[..., 1:-1] + u[..., 2:]
+
+
+def _grad_h(u: Tensor) -> Tensor:
+    return F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+
+
+def _grad_w(u: Tensor) -> Tensor:
+    return F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1, 0, 0))
+
+
+def _div(ph: Tensor, pw: Tensor) -> Tensor:
+    """Negative adjoint of (_grad_h, _grad_w): the discrete divergence."""
+    ph = F.pad(ph[..., :-1, :], (0, 0, 1, 1))
+    pw = F.pad(pw[..., :, :-1], (1, 1, 0, 0))
+    return ph[..., 1:, :] - ph[..., :-1, :] + pw[..., :, 1:] - pw[..., :, :-1]
+
+
+def _pdhg_torch(x: Tensor, keep: Tensor, z: Tensor, tau: Tensor, sig: Tensor, lam: Tensor, *,
+                iters: int, tol: float | None) -> Tensor:
+    """The relaxed primal-dual iteration in differentiable tensor ops (same math as the numba kernel)."""
+    rho = _RELAXATION
+    a = 1.0 / (1.0 + 2.0 * tau * keep)
+    b = 2.0 * tau * keep * x * a
+    ph = torch.zeros_like(z)
+    pw = torch.zeros_like(z)
+    lam2 = lam * lam
+    running = None if tol is None else torch.ones(z.shape[0], z.shape[1], 1, 1, dtype=torch.bool, device=z.device)
+    for it in range(iters):
+        zt = (z + tau * _div(ph, pw)) * a + b
+        zbar = 2.0 * zt - z
+        qh = ph + sig * _grad_h(zbar)
+        qw = pw + sig * _grad_w(zbar)
+        # Projection onto the lam-ball, written so that no sqrt(0) is ever differentiated.
+        n2 = qh * qh + qw * qw
+        outside = n2 > lam2
+        scale = torch.where(outside, lam * torch.rsqrt(torch.where(outside, n2, torch.ones_like(n2))), torch.ones_like(n2))
+        step = rho * (zt - z)
+        z_new = z + step
+        ph_new = ph + rho * (qh * scale - ph)
+        pw_new = pw + rho * (qw * scale - pw)
+        if running is None:
+            z, ph, pw = z_new, ph_new, pw_new
+            continue
+        # Per-plane stopping: a plane that converged keeps its values; batch-mates never matter.
+        change = torch.maximum(step.detach().abs(),
+                               2.0 * tau * torch.maximum((ph_new - ph).detach().abs(), (pw_new - pw).detach().abs()))
+        still = running & (change.amax(dim=(2, 3), keepdim=True) > tol)
+        z = torch.where(running, z_new, z)
+        ph = torch.where(running, ph_new, ph)
+        pw = torch.where(running, pw_new, pw)
+        running = still
+        if (it + 1) % 10 == 0 and not bool(running.any()):
+            break
+    return z.clamp(0.0, 1.0)
+
+
+def _pdhg_numba(x: Tensor, keep: Tensor, tau: Tensor, sig: Tensor, lam: Tensor, *,
+                iters: int, tol: float | None) -> Tensor:
+    import numba
+
+    kernel = _numba_kernel()
+    b, c, h, w = x.shape
+    # Follow torch's thread setting, so one knob (torch.set_num_threads) controls both backends.
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+    def planes(t: Tensor):
+        return t.detach().contiguous().reshape(b * c, h, w).numpy()
+
+    def per_plane(t: Tensor):
+        return t.detach().reshape(b, 1).expand(b, c).reshape(b * c).contiguous().numpy()
+
+    z, _ = kernel.run_pdhg_planes(planes(x), planes(keep.contiguous()), per_plane(tau), per_plane(sig),
+                                  per_plane(lam), rho=_RELAXATION, iters=iters, tol=tol)
+    return torch.from_numpy(z).reshape(b, c, h, w)
+
+
+class TVMinimize(nn.Module):
+    """Module twin of :func:`tv_minimize`; ``forward`` only calls the function.
+
+    Shape:
+        input: (B, C, H, W) in [0, 1]; output: same.
+    Example:
+        >>> TVMinimize(weight=0.05)(torch.rand(1, 3, 16, 16)).shape
+        torch.Size([1, 3, 16, 16])
+    """
+
+    def __init__(self, *, weight: float | Tensor = 0.03, drop_prob: float | Tensor = 0.5,
+                 mask: Tensor | None = None, mask_mode: str = "pixel", iters: int = DEFAULT_TV_ITERS,
+                 tol: float | None = None, generator: torch.Generator | None = None,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        self.weight = weight
+        self.drop_prob = drop_prob
+        self.mask = mask
+        self.mask_mode = mask_mode
+        self.iters = iters
+        self.tol = tol
+        self.generator = generator
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tv_minimize(x, weight=self.weight, drop_prob=self.drop_prob, mask=self.mask,
+                           mask_mode=self.mask_mode, iters=self.iters, tol=self.tol,
+                           generator=self.generator, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"weight={self.weight}, drop_prob={self.drop_prob}, mask_mode={self.mask_mode!r}, "
+                f"iters={self.iters}, tol={self.tol}, backend={self.backend!r}")
