@@ -1,1 +1,33 @@
-"""purify: input purification for image classifiers."""
+"""purify: input purification for image classifiers.
+
+Quickstart::
+
+    >>> import torch
+    >>> from purify import purify
+    >>> x = torch.rand(4, 3, 32, 32)                       # images in [0, 1]
+    >>> purify(x, "tvm", weight=0.03, drop_prob=0.5).shape  # masked TV minimization
+    torch.Size([4, 3, 32, 32])
+    >>> purify(x, ["tvm", ("dct", {"q": 10})]).shape        # a pipeline of stages
+    torch.Size([4, 3, 32, 32])
+"""
+
+from purify.api import purify
+from purify.dct import DCTQuantize, block_dct2d, block_idct2d, dct_matrix, dct_quantize
+from purify.errors import (ChecksumError, DataNotFoundError, DTypeError, NonDifferentiableError, PurifyError,
+                           RangeError, ShapeError, UnknownNameError)
+from purify.pipeline import DefendedClassifier, Pipeline, Stage
+from purify.registry import PurifierSpec, create_purifier, get_purifier_spec, list_purifiers
+from purify.tv import DEFAULT_TV_ITERS, TVMinimize, bernoulli_mask, tv_minimize
+from purify.tv_reference import total_variation, tv_objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "purify",
+    "tv_minimize", "TVMinimize", "bernoulli_mask", "DEFAULT_TV_ITERS", "tv_objective", "total_variation",
+    "dct_quantize", "DCTQuantize", "dct_matrix", "block_dct2d", "block_idct2d",
+    "Pipeline", "Stage", "DefendedClassifier",
+    "PurifierSpec", "create_purifier", "get_purifier_spec", "list_purifiers",
+    "PurifyError", "ShapeError", "RangeError", "DTypeError", "UnknownNameError", "ChecksumError",
+    "DataNotFoundError", "NonDifferentiableError",
+]

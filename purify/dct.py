@@ -79,7 +79,7 @@ def _separable(x: Tensor, left: Tensor, m: int) -> Tensor:
     return y.reshape(b, c, h, w)
 
 
-def block_dct2d(x: Tensor, /, block_size: int = 8) -> Tensor:
+def block_dct2d(x: Tensor, /, *, block_size: int = 8) -> Tensor:
     """Orthonormal 2-D DCT-II of every ``block_size``×``block_size`` block.
 
     Each block ``B`` becomes ``D @ B @ D.T`` (``D = dct_matrix(block_size)``), i.e.
@@ -100,7 +100,7 @@ def block_dct2d(x: Tensor, /, block_size: int = 8) -> Tensor:
     return _separable(x, dct_matrix(m, dtype=x.dtype, device=x.device), m)
 
 
-def block_idct2d(X: Tensor, /, block_size: int = 8) -> Tensor:
+def block_idct2d(X: Tensor, /, *, block_size: int = 8) -> Tensor:
     """Inverse of :func:`block_dct2d`: ``D.T @ C @ D`` for every coefficient block ``C``.
 
     Shape:
