@@ -16,10 +16,12 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from purify.errors import ChecksumError, DataNotFoundError, DTypeError
+from purify.errors import ChecksumError, DataNotFoundError, DTypeError, UnknownNameError
 
 __all__ = ["CACHE_DIR_ENV", "cache_root", "sha256_file", "sha256_bytes", "verify_sha256", "download_file"]
 
@@ -30,6 +32,7 @@ CACHE_DIR_ENV = "PURIFY_CACHE_DIR"
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
+_SCHEMES = ("https", "http", "file")
 
 
 def cache_root() -> Path:
@@ -93,6 +96,7 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None, prog
         ``Path(dest)``.
 
     Raises:
+        UnknownNameError: the URL scheme is not https, http or file.
         DataNotFoundError: the URL could not be fetched (no network, 404, missing local file).
         ChecksumError: the bytes do not have the expected sha256; nothing is written.
 
@@ -108,31 +112,24 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None, prog
         raise DTypeError(f"{fn}: expected url to be a str, got {type(url).__name__}")
     if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64):
         raise DTypeError(f"{fn}: expected sha256 to be a 64-character hex string or None, got {sha256!r}")
+    scheme = urlparse(url).scheme
+    if scheme not in _SCHEMES:
+        raise UnknownNameError(f"{fn}: unsupported URL scheme {scheme!r} in {url!r}; expected one of "
+                               f"{', '.join(map(repr, _SCHEMES))}")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s -> %s", url, dest)
-    h = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                response = urllib.request.urlopen(url, timeout=_TIMEOUT_S)  # noqa: S310 (scheme checked by caller)
+                got = _stream(url, out, desc=dest.name, progress=progress)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 raise DataNotFoundError(
                     f"{fn}: could not fetch {url}: {getattr(e, 'reason', e)}; check the network connection "
                     f"or the URL, or place the file at {dest} yourself"
                 ) from e
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                          desc=dest.name, disable=not progress, leave=False) as bar:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-                        h.update(chunk)
-                        bar.update(len(chunk))
-        got = h.hexdigest()
         if sha256 is not None and got != sha256.lower():
             raise ChecksumError(
                 f"{fn}: sha256 mismatch for {url}: expected {sha256.lower()}, got {got}; "
@@ -143,3 +140,18 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None, prog
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _stream(url: str, out: BinaryIO, *, desc: str, progress: bool) -> str:
+    """Copy ``url`` into ``out`` chunk by chunk with a progress bar; return the sha256 of the bytes."""
+    h = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:  # noqa: S310 (scheme checked above)
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                  disable=not progress, leave=False) as bar:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                h.update(chunk)
+                bar.update(len(chunk))
+    return h.hexdigest()

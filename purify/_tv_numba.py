@@ -43,6 +43,7 @@ def pdhg_planes(x, keep, z, tau_p, sig_p, lam_p, consts, iters, tol, iters_done)
     zero = consts[2]
     one = consts[3]
     two = one + one
+    track = tol >= 0  # loop-invariant: LLVM unswitches the sweeps, so fixed-iteration runs pay nothing for it
     for pi in nb.prange(n_planes):
         tau = tau_p[pi]
         sig = sig_p[pi]
@@ -77,7 +78,8 @@ def pdhg_planes(x, keep, z, tau_p, sig_p, lam_p, consts, iters, tol, iters_done)
                     zbar[i, j] = two * zt - zi
                     step = rho * (zt - zi)
                     zs[i, j] = zi + step
-                    change = max(change, abs(step))
+                    if track:
+                        change = max(change, abs(step))
                 zbar[i, w] = zbar[i, w - 1]
             for j in range(w + 1):
                 zbar[h, j] = zbar[h - 1, j]
@@ -91,8 +93,9 @@ def pdhg_planes(x, keep, z, tau_p, sig_p, lam_p, consts, iters, tol, iters_done)
                     dpw = rho * (qw * s - pw_pad[i, j + 1])
                     ph_pad[i + 1, j] += dph
                     pw_pad[i, j + 1] += dpw
-                    change = max(change, two * tau * max(abs(dph), abs(dpw)))
-            if change <= tol:
+                    if track:
+                        change = max(change, two * tau * max(abs(dph), abs(dpw)))
+            if track and change <= tol:
                 done = it + 1
                 break
         iters_done[pi] = done

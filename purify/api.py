@@ -173,7 +173,7 @@ def _numpy_to_batch(x: np.ndarray):
     arr = np.ascontiguousarray(nhwc).astype(work, copy=False)
     if x.dtype == np.uint8:
         arr = arr / work(255.0)
-    batch = torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+    batch = torch.from_numpy(np.array(arr.transpose(0, 3, 1, 2), order="C"))  # a copy: the input stays untouched
     in_dtype, in_ndim = x.dtype, x.ndim
 
     def restore(out: Tensor) -> np.ndarray:

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from purify import data as pdata
+from purify._download import download_file
 from purify.data import (DATA_DIR_ENV, VAL_SIZE, Dataset, download_dataset, load_dataset,
                          resolve_data_dir)
 from purify.errors import ChecksumError, DataNotFoundError, DTypeError, RangeError, ShapeError, UnknownNameError
@@ -277,8 +278,10 @@ def test_download_cifar10_file_url(data_dir, tmp_path):
     mirror.mkdir()
     xtr, ytr = _raw(data_dir, "cifar10", "train")
     xte, yte = _raw(data_dir, "cifar10", "test")
-    members = {f"data_batch_{i + 1}": _official_batch(xtr[i * 10_000:(i + 1) * 10_000], ytr[i * 10_000:(i + 1) * 10_000],
-                                                      f"training batch {i + 1} of 5") for i in range(5)}
+    members = {}
+    for i in range(5):
+        part = slice(i * 10_000, (i + 1) * 10_000)
+        members[f"data_batch_{i + 1}"] = _official_batch(xtr[part], ytr[part], f"training batch {i + 1} of 5")
     members["test_batch"] = _official_batch(xte, yte, "testing batch 1 of 1")
     assert b"cnumpy.core.multiarray\n_reconstruct\n" in members["test_batch"]
     _write_tar(mirror / "cifar-10-python.tar.gz", members)
@@ -324,3 +327,16 @@ def test_download_cifar10_wrong_content(tmp_path):
     with pytest.raises(ChecksumError, match="cifar10 train array 'x'"):
         download_dataset("cifar10", out, base_url=mirror.as_uri(), progress=False)
     assert list(out.iterdir()) == []
+
+
+def test_download_file_helper(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abc")
+    good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    dest = tmp_path / "out" / "dest.bin"
+    assert download_file(src.as_uri(), dest, sha256=good, progress=False).read_bytes() == b"abc"
+    with pytest.raises(ChecksumError, match=f"expected {'0' * 64}, got {good}"):
+        download_file(src.as_uri(), tmp_path / "out" / "other.bin", sha256="0" * 64, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dest.bin"]  # no temp or partial file
+    with pytest.raises(UnknownNameError, match="'https', 'http', 'file'"):
+        download_file("ftp://example.org/x", dest, sha256=None, progress=False)
