@@ -25,8 +25,11 @@ import argparse
 import datetime as dt
 import os
 import platform
+import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,16 +41,6 @@ from purify.tv_reference import tv_minimize_exact, tv_objective
 
 WEIGHT = 0.03   # Guo et al.'s lambda
 DROP = 0.5      # Guo et al.'s drop rate
-
-
-def _timed(fn, repeats: int) -> tuple[float, object]:
-    """Best-of-``repeats`` wall time in seconds (the usual estimator for a quiet machine) and the result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def _gaps(z: torch.Tensor, x: torch.Tensor, mask, f_star: torch.Tensor) -> tuple[float, float]:
@@ -93,56 +86,73 @@ def _machine() -> str:
             f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
+@dataclass
+class Job:
+    """One timed configuration; ``fn`` returns the purified images of the first ``n`` test images."""
+
+    method: str
+    problem: str
+    batch: int
+    setting: str
+    n: int
+    fn: Callable[[], torch.Tensor]
+    times: list[float] = field(default_factory=list)
+    output: torch.Tensor | None = None
+
+
+def _run_rounds(jobs: list[Job], rounds: int) -> None:
+    """Time every job once per round, round-robin, so slow drifts of a shared machine hit all methods alike."""
+    for _ in tqdm(range(rounds), desc="timing rounds", leave=False):
+        for job in jobs:
+            t0 = time.perf_counter()
+            out = job.fn()
+            job.times.append(time.perf_counter() - t0)
+            if job.output is None:
+                job.output = out
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     ds = load_dataset("cifar10", "test", data_dir=args.data_dir)
     x, _ = ds.tensors(np.arange(args.images))
     x64 = x.double()
-    mask = bernoulli_mask(x, DROP, generator=torch.Generator().manual_seed(0))
-    print(f"oracle on {len(x)} images, masked (drop {DROP}) and unmasked problems, weight {WEIGHT} ...")
-    z_star_m, oracle_ms = _oracle(x64, mask.double())
-    z_star_u, _ = _oracle(x64, None)
-    f_m = tv_objective(z_star_m, x64, mask.double(), WEIGHT)
-    f_u = tv_objective(z_star_u, x64, None, WEIGHT)
-    rows: list[dict] = []
-
-    def add(method, problem, threads, batch, setting, seconds, n, z, m, f_star):
-        gm, gx = _gaps(z, x64[:len(z)], m, f_star)
-        rows.append(dict(method=method, problem=problem, threads=threads, batch=batch, setting=setting,
-                         ms_per_image=1e3 * seconds / n, images_per_s=n / seconds, gap_mean=gm, gap_max=gx))
-        print(f"  {method:28s} {problem:8s} t={threads} b={batch!s:5s} {setting:28s} "
-              f"{1e3 * seconds / n:8.3f} ms/img  gap mean {gm:.1e} max {gx:.1e}")
-
     n = len(x)
+    mask = bernoulli_mask(x, DROP, generator=torch.Generator().manual_seed(0))
+    no_mask = torch.zeros_like(mask)
+    print(f"oracle on {n} images, masked (drop {DROP}) and unmasked problems, weight {WEIGHT} ...")
+    z_star_m, _ = _oracle(x64, mask.double())
+    z_star_u, _ = _oracle(x64, None)
+    f_star = {"masked": tv_objective(z_star_m, x64, mask.double(), WEIGHT),
+              "unmasked": tv_objective(z_star_u, x64, None, WEIGHT)}
     _ours(x[:2], mask[:2], 2, 2, "numba")  # compile / load the kernel outside the timings
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        print(f"threads = {threads}")
-        for batch in args.batch_sizes:
-            s, z = _timed(lambda: _ours(x, mask, batch, DEFAULT_TV_ITERS, "numba"), args.repeats)
-            add("purify (numba)", "masked", threads, batch, f"iters={DEFAULT_TV_ITERS}", s, n, z, mask, f_m)
-        for iters in args.iters:
-            if iters != DEFAULT_TV_ITERS:
-                s, z = _timed(lambda: _ours(x, mask, n, iters, "numba"), args.repeats)
-                add("purify (numba)", "masked", threads, n, f"iters={iters}", s, n, z, mask, f_m)
-        s, z = _timed(lambda: _ours(x, mask, n, DEFAULT_TV_ITERS, "torch"), 1)
-        add("purify (torch eager)", "masked", threads, n, f"iters={DEFAULT_TV_ITERS}", s, n, z, mask, f_m)
-        no_mask = torch.zeros_like(mask)
-        for iters in (40, DEFAULT_TV_ITERS):
-            s, z = _timed(lambda: _ours(x, no_mask, n, iters, "numba"), args.repeats)
-            add("purify (numba)", "unmasked", threads, n, f"iters={iters}", s, n, z, None, f_u)
-        for eps, max_it in ((2e-4, 200), (0.0, 25), (0.0, 50)):
-            s, z = _timed(lambda: _skimage(x, eps, max_it), 1)
-            add("skimage denoise_tv_chambolle", "unmasked", threads, 1, f"eps={eps:g} max_num_iter={max_it}",
-                s, n, z, None, f_u)
+
+    def jobs_for_threads() -> list[Job]:
+        jobs = [Job("purify (numba)", "masked", b, f"iters={DEFAULT_TV_ITERS}", n,
+                    lambda b=b: _ours(x, mask, b, DEFAULT_TV_ITERS, "numba")) for b in args.batch_sizes]
+        jobs += [Job("purify (numba)", "masked", n, f"iters={it}", n, lambda it=it: _ours(x, mask, n, it, "numba"))
+                 for it in args.iters if it != DEFAULT_TV_ITERS]
+        jobs.append(Job("purify (torch eager)", "masked", n, f"iters={DEFAULT_TV_ITERS}", n,
+                        lambda: _ours(x, mask, n, DEFAULT_TV_ITERS, "torch")))
+        jobs += [Job("purify (numba)", "unmasked", n, f"iters={it}", n, lambda it=it: _ours(x, no_mask, n, it, "numba"))
+                 for it in (80, DEFAULT_TV_ITERS)]
+        jobs += [Job("skimage denoise_tv_chambolle", "unmasked", 1, f"eps={eps:g} max_num_iter={it}", n,
+                     lambda eps=eps, it=it: _skimage(x, eps, it)) for eps, it in ((2e-4, 200), (0.0, 25), (0.0, 50))]
         if args.art:
             k = args.art_images
-            for lamb, max_iter in ((WEIGHT, 10), (0.3, 10), (0.3, 100)):
-                s, z = _timed(lambda: _art(x[:k], mask[:k], lamb, max_iter), 1)
-                add("ART TotalVarMin", "masked", threads, 1, f"lamb={lamb:g} max_iter={max_iter}", s, k, z,
-                    mask[:k], f_m[:k])
+            jobs += [Job("ART TotalVarMin", "masked", 1, f"lamb={lamb:g} max_iter={it}", k,
+                         lambda lamb=lamb, it=it: _art(x[:k], mask[:k], lamb, it))
+                     for lamb, it in ((WEIGHT, 10), (0.3, 10), (0.3, 100))]
         k = args.oracle_timing_images
-        s, z = _timed(lambda: _oracle(x64[:k], mask[:k].double())[0], 1)
-        add("cvxpy + Clarabel (oracle)", "masked", threads, 1, "default tolerances", s, k, z, mask[:k], f_m[:k])
+        jobs.append(Job("cvxpy + Clarabel (oracle)", "masked", 1, "default tolerances", k,
+                        lambda: _oracle(x64[:k], mask[:k].double())[0]))
+        return jobs
+
+    rows: list[dict] = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"threads = {threads}: {args.repeats} interleaved rounds")
+        jobs = jobs_for_threads()
+        _run_rounds(jobs, args.repeats)
+        rows += [_row(job, threads, x64, mask, f_star) for job in jobs]
 
     if torch.cuda.is_available():
         xg = x.repeat(4096 // n + 1, 1, 1, 1)[:4096].cuda()
@@ -150,16 +160,28 @@ def run(args: argparse.Namespace) -> list[dict]:
         tv_minimize(xg[:8], mask=mg[:8])
         torch.cuda.synchronize()
 
-        def gpu_run():
+        def gpu_run() -> torch.Tensor:
             out = tv_minimize(xg, weight=WEIGHT, mask=mg)
             torch.cuda.synchronize()
-            return out
+            return out[:n].cpu()
 
-        s, z = _timed(gpu_run, args.repeats)
-        add("purify (torch, CUDA)", "masked", "-", 4096, f"iters={DEFAULT_TV_ITERS}", s, 4096,
-            z[:n].cpu(), mask, f_m)
-    print(f"(oracle build+solve, measured during setup: {1e3 * oracle_ms:.1f} ms/image)")
+        job = Job("purify (torch, CUDA)", "masked", 4096, f"iters={DEFAULT_TV_ITERS}", 4096, gpu_run)
+        _run_rounds([job], args.repeats)
+        rows.append(_row(job, "-", x64, mask, f_star))
     return rows
+
+
+def _row(job: Job, threads, x64: torch.Tensor, mask: torch.Tensor, f_star: dict) -> dict:
+    z = job.output
+    m = mask[:len(z)] if job.problem == "masked" else None
+    gm, gx = _gaps(z, x64[:len(z)], m, f_star[job.problem][:len(z)])
+    best, median = min(job.times), statistics.median(job.times)
+    row = dict(method=job.method, problem=job.problem, threads=threads, batch=job.batch, setting=job.setting,
+               ms_per_image=1e3 * best / job.n, ms_median=1e3 * median / job.n, images_per_s=job.n / best,
+               gap_mean=gm, gap_max=gx)
+    print(f"  {job.method:28s} {job.problem:8s} t={threads} b={job.batch!s:5s} {job.setting:28s} "
+          f"{row['ms_per_image']:8.3f} ms/img (median {row['ms_median']:.3f})  gap mean {gm:.1e} max {gx:.1e}")
+    return row
 
 
 def write_markdown(rows: list[dict], args: argparse.Namespace, command: str, path: Path) -> None:
@@ -174,20 +196,21 @@ def write_markdown(rows: list[dict], args: argparse.Namespace, command: str, pat
         "`unmasked` = drop rate 0 (the problem scikit-image solves).",
         "- Gap = (F(z) - F*) / F* on our objective `||(1-X)(z-x)||^2 + lambda TV(z)`, F* from the cvxpy/Clarabel "
         "oracle on the same images; mean and max over the images.",
-        "- ms/image = wall time over all images / number of images, best of "
-        f"{args.repeats} runs for ours, one run for the others. Threads set with `torch.set_num_threads` "
-        "(our numba kernel follows it); scikit-image, ART and cvxpy run one image at a time (batch 1).",
+        f"- ms/image = wall time / number of images: best (and median) of {args.repeats} rounds; each round runs "
+        "every method once, interleaved, because this shared virtual machine's speed drifts by up to 2x over "
+        "minutes. Threads set with `torch.set_num_threads` (our numba kernel follows it); scikit-image, ART "
+        "and cvxpy run one image at a time (batch 1).",
         "- scikit-image weight = lambda / 2 (its objective halves the fidelity). ART: prob = 1 - drop (it keeps, "
         "not drops, `prob`), our keep mask passed to its solver, norm = 2 (unsquared fidelity, row/column-norm "
         "TV: a different objective, so no lamb reaches our optimum); ART timed on the first "
         f"{args.art_images} images.",
         "",
-        "| method | problem | threads | batch | setting | ms / image | images / s | gap mean | gap max |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        "| method | problem | threads | batch | setting | ms / image (best) | median | images / s | gap mean | gap max |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['method']} | {r['problem']} | {r['threads']} | {r['batch']} | {r['setting']} | "
-                     f"{r['ms_per_image']:.3f} | {r['images_per_s']:.0f} | {r['gap_mean']:.1e} | {r['gap_max']:.1e} |")
+                     f"{r['ms_per_image']:.3f} | {r['ms_median']:.3f} | {r['images_per_s']:.0f} | {r['gap_mean']:.1e} | {r['gap_max']:.1e} |")
     if not torch.cuda.is_available():
         lines += ["", "No GPU was available for this run, so there is no CUDA row (batch 4096)."]
     path.write_text("\n".join(lines) + "\n")
@@ -199,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 256])
-    parser.add_argument("--iters", type=int, nargs="+", default=[40, 60, DEFAULT_TV_ITERS, 160])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iters", type=int, nargs="+", default=[80, 120, DEFAULT_TV_ITERS, 240])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--art-images", type=int, default=64)
     parser.add_argument("--oracle-timing-images", type=int, default=16)
     parser.add_argument("--no-art", dest="art", action="store_false", help="skip IBM ART even when installed")

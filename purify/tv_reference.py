@@ -36,13 +36,18 @@ def total_variation(z: torch.Tensor) -> torch.Tensor:
     """Isotropic TV per image, summed over channels.
 
     Shape:
-        z: (B, C, H, W); output: (B,), float64.
+        z: (B, C, H, W); output: (B,), float64. Differentiable, with the zero subgradient where
+        the image is locally flat.
     Example:
         >>> total_variation(torch.zeros(2, 3, 8, 8)).tolist()
         [0.0, 0.0]
     """
     dh, dw = _forward_diffs(z.double())
-    return torch.sqrt(dh * dh + dw * dw).sum(dim=(1, 2, 3))
+    n2 = dh * dh + dw * dw
+    # sqrt has an infinite derivative at 0, and TV minimizers have exactly flat regions: take the
+    # zero subgradient there instead of producing NaN gradients.
+    flat = n2 == 0
+    return torch.where(flat, torch.zeros_like(n2), torch.sqrt(torch.where(flat, torch.ones_like(n2), n2))).sum(dim=(1, 2, 3))
 
 
 def tv_objective(z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, weight: float | torch.Tensor) -> torch.Tensor:
