@@ -1,0 +1,56 @@
+"""Command line of the benchmark harness.
+
+    python -m benchmarks list
+    python -m benchmarks run <config-name-or-path> [--quick] [--data-dir DIR] [--out DIR] [--device D] [--threads N]
+
+``list`` shows the bundled configs of ``benchmarks/configs``; ``run`` runs one and writes
+``cells.csv``, ``report.md``, ``accuracy_vs_eps.png`` and ``examples.png`` to
+``benchmarks/results/<name>/`` (``<out>-quick`` with ``--quick``). Finished cells are cached under
+``<out>/cells/``, so an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from benchmarks.harness import ConfigError, bundled_configs, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="show the bundled configs")
+    r = sub.add_parser("run", help="run one config")
+    r.add_argument("config", help="a bundled config name (see `list`) or a path to a .toml file")
+    r.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides; writes to <out>-quick")
+    r.add_argument("--data-dir", default=None, help="folder with the datasets and weights/ (default: $PURIFY_DATA_DIR)")
+    r.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<config name>)")
+    r.add_argument("--device", default=None, help="'auto', 'cpu' or 'cuda[:N]' (default: the config's)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) (default: torch's choice; on a CPU shared with busy processes 1 "
+                        "can be much faster)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            configs = bundled_configs()
+            width = max(len(n) for n, _ in configs)
+            for name, desc in configs:
+                print(f"{name:{width}s}  {desc}")
+            return 0
+        command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv)
+        result = run(args.config, quick=args.quick, data_dir=args.data_dir, out=args.out, device=args.device,
+                     progress=not args.no_progress, command=command, threads=args.threads)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(result.computed)} cells computed, {len(result.cached)} cached; {result.wall_s:.1f} s; "
+          f"wrote {result.out_dir}/ (cells.csv, report.md, accuracy_vs_eps.png, examples.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The benchmark harness: attack defended models as a TOML config says, cache every cell, report.
+
+    python -m benchmarks list
+    python -m benchmarks run quick_demo --quick --data-dir ../shared/data
+
+From Python::
+
+    >>> from benchmarks.harness import load_config
+    >>> cfg = load_config("quick_demo")
+    >>> [a.name for a in cfg.attacks]
+    ['fgsm', 'pgd']
+
+Modules: :mod:`~benchmarks.harness.config` (parsing, checks, ``ConfigError``),
+:mod:`~benchmarks.harness.cells` (cells, cache keys), :mod:`~benchmarks.harness.threats`
+(threat models), :mod:`~benchmarks.harness.runner` (the batched loop), and
+:mod:`~benchmarks.harness.report` (csv, markdown, plots).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness.config import ATTACKS, THREAT_MODELS, ConfigError, RunConfig, load_config
+from benchmarks.harness.report import plot_accuracy, plot_examples, write_csv, write_report
+from benchmarks.harness.runner import RESULTS_DIR, RunResult, prepare, run_config
+from benchmarks.harness.threats import ste_stages
+
+__all__ = ["ATTACKS", "THREAT_MODELS", "ConfigError", "RunConfig", "RunResult", "load_config", "run",
+           "bundled_configs", "CONFIG_DIR", "RESULTS_DIR"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def bundled_configs() -> list[tuple[str, str]]:
+    """``(name, description)`` of every config in ``benchmarks/configs``, sorted by name."""
+    return [(p.stem, load_config(p).description) for p in sorted(CONFIG_DIR.glob("*.toml"))]
+
+
+def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None = None,
+        out: str | Path | None = None, device: str | None = None, progress: bool = True,
+        command: str | None = None, threads: int | None = None) -> RunResult:
+    """Run one config; outputs go to ``out`` (default ``benchmarks/results/<name>``), ``-quick`` appended for ``quick``.
+
+    Every check (config, data directory, files, shapes, device) runs before the first attack.
+    ``threads`` sets ``torch.set_num_threads`` (which the TV solver's numba kernel follows too) for
+    the rest of the process; on a CPU shared with other busy processes, 1 thread can be many times
+    faster than 2.
+
+    Raises:
+        ConfigError: the config or what it needs from the machine is wrong; the message names the
+            file and the key.
+    """
+    t0 = time.perf_counter()
+    cfg = load_config(config, quick=quick)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"{cfg.path}: --threads: expected an integer >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
+    prepared = prepare(cfg, data_dir=data_dir, device=device)
+    out_dir = Path(out) if out is not None else RESULTS_DIR / cfg.name
+    if quick:
+        out_dir = out_dir.with_name(out_dir.name + "-quick")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_config(prepared, out_dir, progress=progress)
+    files = ["cells.csv", "report.md", "accuracy_vs_eps.png"]
+    write_csv(result.rows, out_dir / "cells.csv")
+    plot_accuracy(result.rows, result.clean, out_dir / "accuracy_vs_eps.png")
+    if result.examples is not None and result.examples.is_file():
+        from benchmarks.harness.runner import example_cell
+        plot_examples(result.examples, f"{cfg.name}: {example_cell(prepared).label}", out_dir / "examples.png")
+        files.append("examples.png")
+    command = command or f"python -m benchmarks run {config}{' --quick' if quick else ''}"
+    result.wall_s = time.perf_counter() - t0
+    write_report(out_dir / "report.md", cfg=cfg, prepared=prepared, result=result, command=command,
+                 total_wall_s=result.wall_s, ste=ste_stages(cfg.stages) if any(c.threat_model in ("full", "eot") for c in prepared.cells) else [],
+                 files=files)
+    return result

@@ -1,0 +1,139 @@
+"""Cells: one (attack, eps, threat model, swept parameters) combination, its cache key and cache file.
+
+A cell's key holds everything its numbers depend on: the images (dataset, split and the sha256 of
+the resolved indices), the model, the defense (left out under ``none``, which never sees it), the
+attack and its resolved parameters, eps, the threat model, the EOT sample count, the run seed and
+the batch size (randomness is drawn per batch). Descriptions, paper numbers and output paths are
+not part of it. The cache file is ``<out>/cells/<slug>-<sha256(key)[:16]>.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness.config import EOT_THREAT_MODELS, UNDEFENDED_SOURCE, AttackEntry, Eps, RunConfig
+
+__all__ = ["CACHE_VERSION", "Cell", "expand_cells", "group_jobs", "base_key", "key_hash", "derive_seed",
+           "read_json", "write_json"]
+
+#: Bump when the meaning of a cached number changes; old cells are then recomputed.
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack_id: str
+    attack: str
+    norm: str
+    eps: Eps | None
+    threat_model: str
+    params: dict[str, Any]           # the attack's keyword arguments, resolved (no lists, no step_ratio)
+    eot_samples: int | None
+    key: dict[str, Any]
+    hash: str
+
+    @property
+    def slug(self) -> str:
+        eps = f"eps{self.eps.label.replace('/', 'over')}" if self.eps else "noeps"
+        extra = "".join(f"_{k}{self.params[k]}" for k in ("iters",) if k in self.params)
+        extra += f"_eot{self.eot_samples}" if self.eot_samples else ""
+        return f"{self.attack_id}_{eps}_{self.threat_model.replace('+', '-')}{extra}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.slug}-{self.hash}.json"
+
+    @property
+    def label(self) -> str:
+        eps = f" eps={self.eps.label}" if self.eps else ""
+        extra = f" iters={self.params['iters']}" if "iters" in self.params else ""
+        extra += f" eot={self.eot_samples}" if self.eot_samples else ""
+        return f"{self.attack_id}{eps} [{self.threat_model}]{extra}"
+
+    @property
+    def attack_hash(self) -> str:
+        """Identifies the adversarial examples: shared by the ``none`` and ``transfer`` cells of one attack."""
+        if self.threat_model not in UNDEFENDED_SOURCE:
+            return self.hash
+        key = {k: v for k, v in self.key.items() if k not in ("defense", "threat_model")}
+        return key_hash({**key, "source": "undefended"})
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from the parts (stable across runs, processes and platforms)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def base_key(cfg: RunConfig, indices: np.ndarray) -> dict[str, Any]:
+    """The part of every cell's key that comes from the run: images, model, defense, seed, batch size."""
+    idx_sha = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
+    return {
+        "version": CACHE_VERSION,
+        "data": {"dataset": cfg.data["dataset"], "split": cfg.data["split"], "n": int(len(indices)),
+                 "indices_sha256": idx_sha},
+        "model": dict(cfg.model),
+        "defense": {"stages": [[n, p] for n, p in cfg.stages], "head": cfg.head},
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+    }
+
+
+def _resolved_params(entry: AttackEntry, eps: Eps | None, combo: dict[str, Any]) -> dict[str, Any]:
+    params = {**entry.params, **combo}
+    if "step_ratio" in params:
+        params["step"] = params.pop("step_ratio") * eps.value
+    return params
+
+
+def expand_cells(cfg: RunConfig, base: dict[str, Any]) -> list[Cell]:
+    """Every cell of the config, in config order: entry, eps, swept values, threat model, EOT samples."""
+    cells = []
+    for entry in cfg.attacks:
+        sweep = [k for k in entry.spec.sweep if isinstance(entry.params.get(k), list)]
+        combos = [dict(zip(sweep, vals)) for vals in itertools.product(*(entry.params[k] for k in sweep))]
+        for eps in entry.eps or (None,):
+            for combo in combos:
+                params = _resolved_params(entry, eps, combo)
+                for tm in entry.threat_models:
+                    for n in entry.eot_samples if tm in EOT_THREAT_MODELS else (None,):
+                        key = {k: v for k, v in base.items() if not (k == "defense" and tm == "none")}
+                        key.update(attack=entry.name, params=params, eps=eps.value if eps else None,
+                                   threat_model=tm, eot_samples=n)
+                        cells.append(Cell(entry.id, entry.name, entry.norm, eps, tm, params, n, key, key_hash(key)))
+    return cells
+
+
+def group_jobs(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that share adversarial examples (``none`` and ``transfer`` of one attack) form one job."""
+    jobs: dict[str, list[Cell]] = {}
+    for c in cells:
+        jobs.setdefault(c.attack_hash, []).append(c)
+    return list(jobs.values())
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted run never leaves a half-written cell behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,356 @@
+"""Benchmark run configs: TOML files parsed and checked completely before any work starts.
+
+A config names the images, the classifier, the defense pipeline, and a list of attack entries;
+each entry expands to cells (attack x eps x threat model x swept iterations / EOT samples). Every
+mistake raises :class:`ConfigError` naming the file and the key, with a hint. The layout::
+
+    name = "my_run"                      # optional, default: the file name
+    description = "one line for `python -m benchmarks list`"
+    batch_size = 250
+    device = "auto"                      # "auto" = cuda when available, else cpu
+    seed = 0                             # attack and defense randomness
+
+    [data]
+    dataset = "cifar10"
+    split = "test"
+    count = 1000                         # or: indices = [0, 1, 2]
+    seed = 0                             # which `count` images (sorted random sample)
+
+    [model]
+    name = "resnet56"
+    pretrained = true
+
+    [defense]
+    head = "softmax"                     # reserved; only "softmax" for now
+    stages = [{ name = "tvm", params = { weight = 0.03, drop_prob = 0.5 } }]
+
+    [[attacks]]
+    name = "pgd"                         # fgsm, bim, pgd, cw_l2, deepfool
+    id = "pgd"                           # optional, default: name; must be unique
+    eps = ["8/255", 0.02]                # numbers or "p/q" strings; none for cw_l2 / deepfool
+    threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full
+    eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
+    params = { step_ratio = 0.25, iters = [10, 50] }
+
+    [examples]                           # optional: the cell shown in examples.png
+    attack = "pgd"; eps = "8/255"; threat_model = "bpda"; n = 6
+
+    [paper]                              # optional: the paper's numbers, shown next to ours
+    [quick]                              # optional: overrides applied by --quick
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness.schema import (ATTACKS, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HEADS, THREAT_MODELS,
+                                       UNDEFENDED_SOURCE, AttackEntry, AttackSpec, ConfigError, Ctx, Eps, RunConfig)
+from purify.errors import PurifyError
+
+__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "EOT_THREAT_MODELS",
+           "AttackEntry", "RunConfig", "Eps", "load_config", "parse_config"]
+
+_TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "model", "defense", "attacks",
+             "examples", "paper", "quick"}
+_REQUIRED_TOP = ("description", "data", "model", "attacks")     # defense: unless every threat model is "none"
+_DATA_KEYS = {"dataset", "split", "count", "seed", "indices"}
+_MODEL_KEYS = {"name", "pretrained"}
+_DEFENSE_KEYS = {"stages", "head"}
+_STAGE_KEYS = {"name", "params"}
+_ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
+_EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
+_PAPER_KEYS = {"source", "clean", "note", "results"}
+_PAPER_RESULT_KEYS = {"attack", "threat_model", "label", "eps", "accuracy", "note"}
+_QUICK_KEYS = {"batch_size", "data", "attacks", "examples"}
+_QUICK_ATTACK_KEYS = {"eps", "threat_models", "eot_samples", "params"}
+
+
+def _find(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such config file; `python -m benchmarks list` shows the bundled ones")
+        return p
+    bundled = Path(__file__).resolve().parent.parent / "configs" / f"{name_or_path}.toml"
+    if not bundled.is_file():
+        names = ", ".join(sorted(q.stem for q in bundled.parent.glob("*.toml")))
+        raise ConfigError(f"{name_or_path}: no bundled config of that name and no such file; bundled: {names}")
+    return bundled
+
+
+def load_config(name_or_path: str | Path, *, quick: bool = False) -> RunConfig:
+    """Read a bundled config by name (``"quick_demo"``) or a TOML file by path, and check it."""
+    path = _find(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, path, quick=quick)
+
+
+def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> RunConfig:
+    """Check a config read from ``path`` (used for messages) and apply ``[quick]`` when asked."""
+    ctx = Ctx(Path(path))
+    ctx.keys(raw, _TOP_KEYS, "", _REQUIRED_TOP)
+    quick_tab = ctx.table(raw["quick"], "quick") if "quick" in raw else None
+    if quick_tab is not None:
+        _check_quick(ctx, quick_tab, raw)
+    cfg = dict(raw)
+    if quick:
+        if quick_tab is None:
+            raise ctx.error("quick", "--quick needs a [quick] table of overrides (e.g. data = { count = 32 })")
+        cfg = _apply_quick(cfg, quick_tab)
+    name = ctx.string(cfg.get("name", Path(path).stem), "name")
+    description = ctx.string(cfg["description"], "description")
+    batch_size = ctx.integer(cfg.get("batch_size", 100), "batch_size", low=1)
+    device = ctx.string(cfg.get("device", "auto"), "device")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ctx.error("device", f"expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    seed = ctx.integer(cfg.get("seed", 0), "seed")
+    data = _parse_data(ctx, ctx.table(cfg["data"], "data"))
+    model = _parse_model(ctx, ctx.table(cfg["model"], "model"))
+    stages, head = _parse_defense(ctx, ctx.table(cfg["defense"], "defense")) if "defense" in cfg else ((), "softmax")
+    if not isinstance(cfg["attacks"], list) or not cfg["attacks"]:
+        raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries)")
+    attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(cfg["attacks"]))
+    if not stages:
+        defended = sorted({t for a in attacks for t in a.threat_models} - {"none"})
+        if defended:
+            raise ctx.error("defense", f"missing required table: threat model {defended[0]!r} evaluates a defense; "
+                            "add [defense] with stages = [{ name = \"tvm\" }] or use only threat model 'none'")
+    ids = [a.id for a in attacks]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ctx.error("attacks", f"two entries share the id {dup[0]!r}; give each an id = \"...\"")
+    examples = _parse_examples(ctx, cfg.get("examples"), attacks)
+    paper = _parse_paper(ctx, cfg.get("paper"))
+    return RunConfig(name=name, path=Path(path), description=description, batch_size=batch_size, device=device,
+                     seed=seed, data=data, model=model, stages=stages, head=head, attacks=attacks,
+                     examples=examples, paper=paper, is_quick=quick, raw=raw)
+
+
+def _parse_data(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
+    ctx.keys(t, _DATA_KEYS, "data", ("dataset",))
+    from purify.data import DATASETS, SPLITS
+    out = {"dataset": ctx.string(t["dataset"], "data.dataset", tuple(DATASETS)),
+           "split": ctx.string(t.get("split", "test"), "data.split", SPLITS)}
+    if ("count" in t) == ("indices" in t):
+        raise ctx.error("data.count", "give exactly one of data.count (with data.seed) or data.indices")
+    if "indices" in t:
+        idx = t["indices"]
+        if not isinstance(idx, list) or not idx:
+            raise ctx.error("data.indices", f"expected a non-empty array of image indices, got {idx!r}")
+        out["indices"] = [ctx.integer(v, "data.indices") for v in idx]
+        if len(set(out["indices"])) != len(out["indices"]):
+            raise ctx.error("data.indices", "contains duplicates")
+        if "seed" in t:
+            raise ctx.error("data.seed", "only used with data.count; remove it")
+    else:
+        out["count"] = ctx.integer(t["count"], "data.count", low=1)
+        out["seed"] = ctx.integer(t.get("seed", 0), "data.seed")
+    return out
+
+
+def _parse_model(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
+    ctx.keys(t, _MODEL_KEYS, "model", ("name",))
+    from purify.models import list_models
+    name = ctx.string(t["name"], "model.name", tuple(list_models()))
+    pretrained = t.get("pretrained", True)
+    if not isinstance(pretrained, bool):
+        raise ctx.error("model.pretrained", f"expected true or false, got {pretrained!r}")
+    return {"name": name, "pretrained": pretrained}
+
+
+def _parse_defense(ctx: Ctx, t: dict[str, Any]) -> tuple[tuple[tuple[str, dict[str, Any]], ...], str]:
+    ctx.keys(t, _DEFENSE_KEYS, "defense", ("stages",))
+    from purify.pipeline import Pipeline
+    from purify.registry import list_purifiers
+    head = ctx.string(t.get("head", "softmax"), "defense.head", HEADS)
+    if not isinstance(t["stages"], list) or not t["stages"]:
+        raise ctx.error("defense.stages", "expected a non-empty array of stages, e.g. [{ name = \"tvm\" }]")
+    stages = []
+    for i, s in enumerate(t["stages"]):
+        key = f"defense.stages[{i}]"
+        if isinstance(s, str):
+            s = {"name": s}
+        s = ctx.table(s, key)
+        ctx.keys(s, _STAGE_KEYS, key, ("name",))
+        name = ctx.string(s["name"], f"{key}.name", tuple(list_purifiers()))
+        params = dict(ctx.table(s.get("params", {}), f"{key}.params"))
+        if "generator" in params:
+            raise ctx.error(f"{key}.params.generator", "randomness comes from the harness's seeded generator")
+        try:
+            Pipeline.from_spec([(name, params)])
+        except PurifyError as e:
+            raise ctx.error(f"{key}.params", str(e)) from None
+        stages.append((name, params))
+    return tuple(stages), head
+
+
+def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
+    key = f"attacks[{i}]"
+    a = ctx.table(a, key)
+    ctx.keys(a, _ATTACK_KEYS, key, ("name", "threat_models"))
+    name = ctx.string(a["name"], f"{key}.name", tuple(ATTACKS))
+    spec = ATTACKS[name]
+    aid = ctx.string(a.get("id", name), f"{key}.id")
+    if not aid or not all(c.isalnum() or c in "_-." for c in aid):
+        raise ctx.error(f"{key}.id", f"use letters, digits, '_', '-' or '.', got {aid!r}")
+    eps_raw = ctx.as_list(a.get("eps", []), f"{key}.eps")
+    eps = tuple(ctx.number(e, f"{key}.eps") for e in eps_raw)
+    if spec.uses_eps and not eps:
+        raise ctx.error(f"{key}.eps", f"{name} needs at least one budget, e.g. eps = [0.02, \"8/255\"]")
+    if not spec.uses_eps and eps:
+        raise ctx.error(f"{key}.eps", f"{name} has no budget; remove eps (it is reported by its mean L2 norm)")
+    tms = ctx.as_list(a["threat_models"], f"{key}.threat_models")
+    if not tms:
+        raise ctx.error(f"{key}.threat_models", f"expected at least one of {', '.join(THREAT_MODELS)}")
+    tms = tuple(ctx.string(t, f"{key}.threat_models", THREAT_MODELS) for t in tms)
+    if len(set(tms)) != len(tms):
+        raise ctx.error(f"{key}.threat_models", "lists a threat model twice")
+    eot = tuple(ctx.integer(n, f"{key}.eot_samples", low=1)
+                for n in ctx.as_list(a.get("eot_samples", DEFAULT_EOT_SAMPLES), f"{key}.eot_samples"))
+    params = dict(ctx.table(a.get("params", {}), f"{key}.params"))
+    pkey = f"{key}.params"
+    unknown = sorted(set(params) - spec.params)
+    if unknown:
+        raise ctx.error(f"{pkey}.{unknown[0]}", f"unknown parameter of {name}; it takes "
+                        f"{', '.join(sorted(spec.params)) or 'none'} (targeted attacks are not supported)")
+    for r in spec.required:
+        if r not in params:
+            raise ctx.error(f"{pkey}.{r}", f"missing required parameter of {name}")
+    for k, v in params.items():
+        if isinstance(v, list) and k not in spec.sweep:
+            raise ctx.error(f"{pkey}.{k}", f"only {', '.join(spec.sweep) or 'no parameter'} may be a list for {name}")
+        if isinstance(v, list) and not v:
+            raise ctx.error(f"{pkey}.{k}", "empty list")
+    for k in ("iters", "steps", "max_iter", "binary_search_steps", "num_classes"):
+        if k in params:
+            vals = [ctx.integer(v, f"{pkey}.{k}", low=0 if k == "binary_search_steps" else 1)
+                    for v in ctx.as_list(params[k], f"{pkey}.{k}")]
+            params[k] = vals if isinstance(params[k], list) else vals[0]
+    if name == "pgd":
+        if ("step" in params) == ("step_ratio" in params):
+            raise ctx.error(f"{pkey}.step", "pgd needs exactly one of step (absolute) or step_ratio (step = ratio * eps)")
+        if "step" in params:
+            params["step"] = ctx.number(params["step"], f"{pkey}.step").value
+        else:
+            params["step_ratio"] = ctx.number(params["step_ratio"], f"{pkey}.step_ratio").value
+        if "random_start" in params and not isinstance(params["random_start"], bool):
+            raise ctx.error(f"{pkey}.random_start", f"expected true or false, got {params['random_start']!r}")
+    for k in ("c", "kappa", "lr", "overshoot"):
+        if k in params:
+            params[k] = ctx.number(params[k], f"{pkey}.{k}").value
+    if "norm" in params:
+        ctx.string(params["norm"], f"{pkey}.norm", ("linf", "l2"))
+    if "loss" in params:
+        ctx.string(params["loss"], f"{pkey}.loss", ("ce", "margin"))
+    entry = AttackEntry(id=aid, name=name, eps=eps, threat_models=tms, eot_samples=eot, params=params)
+    if "full" in tms or "eot" in tms:
+        _check_full_differentiable(ctx, stages, f"{key}.threat_models")
+    return entry
+
+
+def _check_full_differentiable(ctx: Ctx, stages, key: str) -> None:
+    from purify.registry import get_purifier_spec
+    for name, _ in stages:
+        spec = get_purifier_spec(name)
+        if not spec.differentiable and "ste" not in spec.params:
+            raise ctx.error(key, f"threat models 'full' / 'eot' need gradients through every stage, and stage "
+                            f"{name!r} has none (no ste option); use 'bpda' / 'bpda+eot' instead")
+
+
+def _parse_examples(ctx: Ctx, t: Any, attacks: tuple[AttackEntry, ...]) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    t = ctx.table(t, "examples")
+    ctx.keys(t, _EXAMPLE_KEYS, "examples", ("attack",))
+    by_id = {a.id: a for a in attacks}
+    aid = ctx.string(t["attack"], "examples.attack", tuple(by_id))
+    entry = by_id[aid]
+    out: dict[str, Any] = {"attack": aid, "n": ctx.integer(t.get("n", 6), "examples.n", low=1)}
+    if "eps" in t:
+        e = ctx.number(t["eps"], "examples.eps")
+        if all(abs(e.value - x.value) > 1e-12 for x in entry.eps):
+            raise ctx.error("examples.eps", f"{e.label} is not one of attack {aid!r}'s eps "
+                            f"({', '.join(x.label for x in entry.eps) or 'none'})")
+        out["eps"] = e.value
+    tm = ctx.string(t.get("threat_model", entry.threat_models[0]), "examples.threat_model", entry.threat_models)
+    out["threat_model"] = tm
+    return out
+
+
+def _parse_paper(ctx: Ctx, t: Any) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    t = ctx.table(t, "paper")
+    ctx.keys(t, _PAPER_KEYS, "paper", ("source",))
+    out: dict[str, Any] = {"source": ctx.string(t["source"], "paper.source"), "note": t.get("note", ""),
+                           "clean": t.get("clean"), "results": []}
+    if out["clean"] is not None:
+        out["clean"] = ctx.number(out["clean"], "paper.clean").value
+    for i, r in enumerate(t.get("results", [])):
+        key = f"paper.results[{i}]"
+        r = ctx.table(r, key)
+        ctx.keys(r, _PAPER_RESULT_KEYS, key, ("attack", "threat_model", "accuracy"))
+        eps = [ctx.number(e, f"{key}.eps").value for e in ctx.as_list(r.get("eps", []), f"{key}.eps")]
+        acc = [ctx.number(v, f"{key}.accuracy").value for v in ctx.as_list(r["accuracy"], f"{key}.accuracy")]
+        if eps and len(acc) != len(eps):
+            raise ctx.error(f"{key}.accuracy", f"expected one accuracy per eps ({len(eps)}), got {len(acc)}")
+        if not eps and len(acc) != 1:
+            raise ctx.error(f"{key}.eps", "several accuracies need their eps values")
+        out["results"].append({"attack": ctx.string(r["attack"], f"{key}.attack"),
+                               "threat_model": ctx.string(r["threat_model"], f"{key}.threat_model", THREAT_MODELS),
+                               "label": str(r.get("label", "")), "eps": eps, "accuracy": acc,
+                               "note": str(r.get("note", ""))})
+    return out
+
+
+def _check_quick(ctx: Ctx, q: dict[str, Any], raw: dict[str, Any]) -> None:
+    ctx.keys(q, _QUICK_KEYS, "quick")
+    if "attacks" in q:
+        at = ctx.table(q["attacks"], "quick.attacks")
+        ids = {a.get("id", a.get("name")) for a in raw.get("attacks", []) if isinstance(a, dict)} | {"all"}
+        for aid, over in at.items():
+            if aid not in ids:
+                raise ctx.error(f"quick.attacks.{aid}", f"no attack entry with that id; ids: {', '.join(sorted(ids))}")
+            ctx.keys(ctx.table(over, f"quick.attacks.{aid}"), _QUICK_ATTACK_KEYS, f"quick.attacks.{aid}")
+
+
+def _apply_quick(cfg: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
+    """Overrides: scalars replace, tables merge; quick.attacks.<id> (or .all) merge into entries."""
+    out = dict(cfg)
+    if "batch_size" in q:
+        out["batch_size"] = q["batch_size"]
+    for sec in ("data", "examples"):
+        if sec in q:
+            merged = {**out.get(sec, {}), **q[sec]}
+            if sec == "data" and ("indices" in q[sec]) != ("count" in q[sec]):   # count replaces indices and back
+                merged.pop("count" if "indices" in q[sec] else "indices", None)
+                if "indices" in q[sec]:
+                    merged.pop("seed", None)
+            out[sec] = merged
+    overs = q.get("attacks", {})
+    entries = []
+    for a in out["attacks"]:
+        a = dict(a)
+        for key in ("all", a.get("id", a.get("name"))):
+            o = overs.get(key)
+            if not o:
+                continue
+            for k, v in o.items():
+                if k == "params":
+                    if key == "all":              # shared overrides reach only the attacks that take them
+                        takes = ATTACKS[a["name"]].params if a.get("name") in ATTACKS else set(v)
+                        v = {pk: pv for pk, pv in v.items() if pk in takes}
+                    a["params"] = {**a.get("params", {}), **v}
+                elif k == "eps" and not a.get("eps"):
+                    continue                      # budget-free attacks (cw_l2, deepfool) keep no eps
+                else:
+                    a[k] = v
+        entries.append(a)
+    out["attacks"] = entries
+    return out

@@ -1,0 +1,274 @@
+"""Outputs of a run: ``cells.csv``, ``report.md``, ``accuracy_vs_eps.png`` and ``examples.png``."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["COLUMNS", "machine", "write_csv", "plot_accuracy", "plot_examples", "write_report"]
+
+#: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1].
+COLUMNS = ("cell", "attack", "attack_name", "norm", "eps", "eps_label", "threat_model", "iters", "eot_samples",
+           "params", "n_images", "clean_accuracy", "accuracy", "n_clean_correct", "attack_success_rate",
+           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards")
+DEFENDED = ("transfer", "bpda", "eot", "bpda+eot", "full")
+_COLORS = {"transfer": "tab:blue", "bpda": "tab:orange", "eot": "tab:green", "bpda+eot": "tab:red",
+           "full": "tab:purple"}
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}, {platform.system()}), "
+            f"{torch.get_num_threads()} torch threads, GPU: {gpu}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None or v == "" or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.1f}"
+
+
+def _worst(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return min(rows, key=lambda r: r["accuracy"]) if rows else None
+
+
+def _same_eps(a: Any, b: float) -> bool:
+    return a != "" and abs(float(a) - b) < 1e-9
+
+
+def plot_accuracy(rows: list[dict[str, Any]], clean: dict[str, Any], path: Path) -> None:
+    """Accuracy vs eps: one panel per attack, one line per threat model (worst over swept iters / EOT)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps_attacks = list(dict.fromkeys(r["attack"] for r in rows if r["eps"] != ""))
+    free = [r for r in rows if r["eps"] == ""]
+    panels = len(eps_attacks) + (1 if free else 0)
+    cols = min(3, max(panels, 1))
+    nrows = -(-max(panels, 1) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    ref = (("undefended clean", clean["undefended_accuracy"], "gray"),
+           ("defended clean", clean["defended_accuracy"], "tab:cyan"))
+    ref = tuple(r for r in ref if r[1] is not None)
+    for ax, attack in zip(axes.flat, eps_attacks):
+        mine = [r for r in rows if r["attack"] == attack]
+        for tm in ("none",) + DEFENDED:
+            sel = [r for r in mine if r["threat_model"] == tm]
+            if not sel:
+                continue
+            by_eps: dict[float, list[float]] = defaultdict(list)
+            for r in sel:
+                by_eps[float(r["eps"])].append(100 * r["accuracy"])
+            xs = sorted(by_eps)
+            style = dict(color="black", linestyle="--", label="none (undefended)") if tm == "none" else \
+                dict(color=_COLORS[tm], label=tm)
+            ax.plot(xs, [min(by_eps[e]) for e in xs], marker="o", **style)
+        for label, acc, color in ref:
+            ax.axhline(100 * acc, color=color, linestyle=":", label=label)
+        swept = any(r["iters"] != "" and len({s["iters"] for s in mine}) > 1 or r["eot_samples"] != "" for r in mine)
+        ax.set_title(f"{attack} ({mine[0]['norm']})" + (" — worst over iters / EOT" if swept else ""), fontsize=9)
+        ax.set_xlabel("eps")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    if free:
+        ax = axes.flat[len(eps_attacks)]
+        groups = list(dict.fromkeys(r["attack"] for r in free))
+        tms = [tm for tm in ("none",) + DEFENDED if any(r["threat_model"] == tm for r in free)]
+        width = 0.8 / len(tms)
+        for j, tm in enumerate(tms):
+            vals = [(_worst([r for r in free if r["attack"] == g and r["threat_model"] == tm]) or {}).get("accuracy")
+                    for g in groups]
+            ax.bar([i + j * width for i in range(len(groups))], [100 * v if v is not None else 0 for v in vals],
+                   width, label=tm, color="black" if tm == "none" else _COLORS[tm])
+        for label, acc, color in ref:
+            ax.axhline(100 * acc, color=color, linestyle=":", label=label)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
+        ax.set_title("attacks without an eps budget (minimal-norm)", fontsize=9)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 102)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[panels:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(npz: Path, title: str, path: Path) -> None:
+    """Rows of (clean, adversarial, purified) images, titled with labels and predictions."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with np.load(npz, allow_pickle=False) as f:
+        d = {k: f[k] for k in f.files}
+    classes = [str(c) for c in d["classes"]]
+    n = len(d["clean"])
+    ncols = 3 if bool(d.get("has_defense", True)) else 2
+    fig, axes = plt.subplots(n, ncols, figsize=(2.2 * ncols, 2.3 * n + 0.4), squeeze=False)
+    for i in range(n):
+        lab = classes[d["label"][i]]
+        cols = ((d["clean"][i], f"#{d['index'][i]} {lab}\nundefended: {classes[d['clean_pred'][i]]}"),
+                (d["adv"][i], f"adversarial\nundefended: {classes[d['adv_pred'][i]]}"),
+                (d["purified"][i], f"purified adversarial\ndefended: {classes[d['purified_pred'][i]]}"))[:ncols]
+        for ax, (img, text) in zip(axes[i], cols):
+            img = np.transpose(img, (1, 2, 0))
+            ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
+                      vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(text, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _num(v: float) -> str:
+    """A paper's number as printed there: 94.38, 60.4, 0.0."""
+    return f"{v:.2f}" if round(v, 1) != round(v, 2) else f"{v:.1f}"
+
+
+def _paper_lines(paper: dict[str, Any], rows: list[dict[str, Any]], clean: dict[str, Any]) -> list[str]:
+    skipped = 0
+    lines = [f"Source: {paper['source']}.", ""]
+    if paper.get("note"):
+        lines += [paper["note"], ""]
+    lines += ["| attack | threat model (ours) | eps | paper | ours | ours − paper |", "|---|---|---|---:|---:|---:|"]
+    if paper.get("clean") is not None:
+        ours = 100 * clean["undefended_accuracy"]
+        lines.append(f"| clean (no attack) | none | 0 | {_num(paper['clean'])} | {ours:.1f} | {ours - paper['clean']:+.1f} |")
+    for r in paper["results"]:
+        label = f" ({r['label']})" if r["label"] else ""
+        mine = [x for x in rows if x["attack"] == r["attack"] and x["threat_model"] == r["threat_model"]]
+        budget_free = mine and all(x["eps"] == "" for x in mine)
+        if not r["eps"] or budget_free:
+            w = _worst(mine)
+            paper_txt = ", ".join(f"{_num(a)} (eps {e:g})" for a, e in zip(r["accuracy"], r["eps"])) if r["eps"] \
+                else _num(r["accuracy"][0])
+            diff = f"{100 * w['accuracy'] - r['accuracy'][0]:+.1f}" if w and len(r["accuracy"]) == 1 else "–"
+            lines.append(f"| {r['attack']}{label} | {r['threat_model']} | – | {paper_txt} | "
+                         f"{_pct(w['accuracy']) if w else 'not run'} | {diff} |")
+            continue
+        for e, acc in zip(r["eps"], r["accuracy"]):
+            w = _worst([x for x in mine if _same_eps(x["eps"], e)])
+            if w is None:
+                skipped += 1
+                continue
+            lines.append(f"| {r['attack']}{label} | {r['threat_model']} | {e:g} | {_num(acc)} | {_pct(w['accuracy'])} | "
+                         f"{100 * w['accuracy'] - acc:+.1f} |")
+        if r["note"]:
+            lines.append(f"| | | | {r['note']} | | |")
+    if skipped:
+        lines += ["", f"({skipped} paper values at eps this run did not cover are left out.)"]
+    return lines
+
+
+def _headline(rows: list[dict[str, Any]]) -> list[str]:
+    keys = list(dict.fromkeys((r["attack"], r["eps_label"]) for r in rows))
+    if not any(r["threat_model"] in DEFENDED for r in rows):
+        lines = ["| attack | eps | undefended (none) |", "|---|---|---:|"]
+        for attack, eps in keys:
+            w = _worst([r for r in rows if r["attack"] == attack and r["eps_label"] == eps])
+            lines.append(f"| {attack} | {eps or '–'} | {_pct(w['accuracy'])} |")
+        return lines
+    lines = ["| attack | eps | undefended (none) | transfer | worst defended | its threat model |",
+             "|---|---|---:|---:|---:|---|"]
+    for attack, eps in keys:
+        sel = [r for r in rows if r["attack"] == attack and r["eps_label"] == eps]
+        none = _worst([r for r in sel if r["threat_model"] == "none"])
+        tr = _worst([r for r in sel if r["threat_model"] == "transfer"])
+        w = _worst([r for r in sel if r["threat_model"] in DEFENDED])
+        how = ""
+        if w:
+            how = w["threat_model"] + (f", iters={w['iters']}" if w["iters"] != "" else "") + \
+                (f", EOT {w['eot_samples']}" if w["eot_samples"] != "" else "")
+        lines.append(f"| {attack} | {eps or '–'} | {_pct(none['accuracy']) if none else '–'} | "
+                     f"{_pct(tr['accuracy']) if tr else '–'} | {('**' + _pct(w['accuracy']) + '**') if w else '–'} | "
+                     f"{how or '–'} |")
+    return lines
+
+
+def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_s: float,
+                 ste: list[str], files: list[str]) -> None:
+    rows, clean = result.rows, result.clean
+    n = len(prepared.indices)
+    data = cfg.data
+    chosen = f"images {data['indices']}" if "indices" in data else f"{n} images drawn with seed {data['seed']}"
+    stages = " → ".join(f"{s}({', '.join(f'{k}={v}' for k, v in p.items())})" for s, p in cfg.stages) or "none"
+    lines = [
+        f"# {cfg.name}{' (quick)' if cfg.is_quick else ''}",
+        "",
+        cfg.description,
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {machine()}; device used: {prepared.device}",
+        f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- Total wall time: {total_wall_s:.1f} s ({len(result.computed)} cells computed, {len(result.cached)} read "
+        f"from the cache in `cells/`; cached cells keep the wall time of the run that computed them)",
+        f"- Data: {data['dataset']} {data['split']}, {chosen} (sorted); batch size {cfg.batch_size}; seed {cfg.seed}",
+        f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}); defense: {stages}, head {cfg.head}",
+        f"- Clean accuracy: undefended {_pct(clean['undefended_accuracy'])}%"
+        + (f", defended {_pct(clean['defended_accuracy'])}% (one draw per image)" if cfg.stages else ""),
+        "",
+        "## Headline: worst case over threat models" if cfg.stages else "## Results",
+        "",
+        "Accuracy in % on the images above." + (" The headline of a defense is its *worst* defended threat model "
+                                                 "(bold), not `transfer`." if cfg.stages else ""),
+        "",
+        *_headline(rows),
+        "",
+    ]
+    if cfg.paper:
+        lines += ["## The paper's numbers next to ours", "", *_paper_lines(cfg.paper, rows, clean), ""]
+    lines += [
+        "## Every cell", "",
+        "| attack | eps | threat model | iters | EOT | accuracy % | success % | mean L2 | mean Linf | max Linf | "
+        "rho2 | wall s | fwd | bwd |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['attack']} | {r['eps_label'] or '–'} | {r['threat_model']} | {r['iters']} | "
+                     f"{r['eot_samples']} | {_pct(r['accuracy'])} | {_pct(r['attack_success_rate'])} | "
+                     f"{r['mean_l2']:.3f} | {r['mean_linf']:.4f} | {r['max_linf']:.4f} | {r['rho2']:.4f} | "
+                     f"{r['wall_s']:.1f} | {r['forwards']} | {r['backwards']} |")
+    lines += ["", "## How these numbers were made", "",
+              "- Threat models: `none` attacks and evaluates the undefended classifier; `transfer` evaluates the "
+              "defended model on the *same* adversarial examples (made on the undefended classifier, the papers' "
+              "protocol); `bpda` attacks classifier(bpda(pipeline)) with an identity backward through the whole "
+              "pipeline; `full` differentiates through every stage (the TV solver's unrolled torch iteration); "
+              "`eot` / `bpda+eot` average the attack's gradients over n fresh draws of the defense.",
+              "- Randomized defenses are evaluated with one fresh draw per image from a `torch.Generator` seeded "
+              "by (seed, batch index); the clean and every attacked evaluation of an image use the same draw, so "
+              "cells differ by the attack, not by drawing noise. Attack-time draws use separate seeded generators.",
+              "- Success % = among the images the evaluated model gets right when clean, the share it gets wrong "
+              "after the attack. Norms are of δ = x_adv − x over all images; rho2 = mean ‖δ‖₂ / ‖x‖₂.",
+              "- fwd / bwd = images forwarded / back-propagated through the attacked model_fn (counted per "
+              "draw under EOT; evaluation passes not included). `none` and `transfer` share one attack, so "
+              "they show the same cost and overlapping wall time.",
+              "- Attacks without a budget (CW-L2, DeepFool) are one cell per threat model; read them with their "
+              "mean L2 norm."]
+    if ste:
+        lines.append(f"- Under `full` / `eot`, stages {', '.join(ste)} ran with the straight-through estimator "
+                     "(`ste=True`): their gradient is the identity, their forward value exact.")
+    lines += ["", "## Files", "", *[f"- `{f}`" for f in files], ""]
+    lines += [f"![{Path(f).stem}]({f})" for f in files if f.endswith(".png")] + [""]
+    path.write_text("\n".join(lines))

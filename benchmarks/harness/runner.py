@@ -1,0 +1,327 @@
+"""Run a checked config: load images and model, compute (or load cached) cells, write the outputs.
+
+Evaluation protocol (stated in every report):
+
+* the clean forward pass is computed once per batch for the whole run (undefended and defended)
+  and cached like a cell;
+* a randomized defense is evaluated with one fresh draw per image from a ``torch.Generator``
+  seeded by (run seed, batch index). The same seed serves the clean and every adversarial
+  evaluation of a batch, so each image meets the same drop mask clean and attacked (common random
+  numbers: differences between cells are not drawing noise);
+* the attack's own draws (its model_fn's defense randomness, PGD's random start) come from
+  generators seeded by (run seed, the cell's attack key, batch index);
+* ``none`` and ``transfer`` share one set of adversarial examples per attack x eps;
+* accuracy = fraction of the images whose evaluated prediction equals the label; attack success
+  rate = among the images the evaluated model classifies correctly when clean, the fraction it
+  misclassifies after the attack.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.harness.cells import (Cell, base_key, derive_seed, expand_cells, group_jobs, key_hash, read_json,
+                                      write_json)
+from benchmarks.harness.config import ConfigError, RunConfig
+from benchmarks.harness.threats import attack_model_fn, full_pipeline, run_attack
+from purify.attacks import rho2
+from purify.errors import PurifyError
+from purify.pipeline import Pipeline
+
+__all__ = ["Prepared", "RunResult", "prepare", "run_config", "RESULTS_DIR"]
+
+log = logging.getLogger(__name__)
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, loaded and checked before the first attack."""
+
+    cfg: RunConfig
+    device: torch.device
+    x: torch.Tensor                 # (N, C, H, W) on the CPU
+    y: torch.Tensor
+    indices: np.ndarray
+    classes: tuple[str, ...]
+    classifier: torch.nn.Module
+    pipeline: Pipeline | None          # None: no [defense] (every threat model is "none")
+    full: Pipeline | None
+    cells: list[Cell]
+    base: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    rows: list[dict[str, Any]]
+    clean: dict[str, Any]
+    out_dir: Path
+    computed: list[str] = field(default_factory=list)    # labels of the cells computed by this run
+    cached: list[str] = field(default_factory=list)      # labels of the cells read from the cache
+    wall_s: float = 0.0
+    examples: Path | None = None
+
+
+def _error(cfg: RunConfig, key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{cfg.path}: {key}: {msg}")
+
+
+def resolve_device(cfg: RunConfig, device: str | None) -> torch.device:
+    name = device or cfg.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise _error(cfg, "device", f"{name!r} asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise _error(cfg, "device", str(e)) from None
+
+
+def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str | None = None) -> Prepared:
+    """Check what the config needs from the machine (data directory, files, shapes, device) and load it.
+
+    Raises:
+        ConfigError: naming the config file and the key to change.
+    """
+    from purify.data import DATASETS, load_dataset, resolve_data_dir
+    from purify.models import create_model, get_model_config
+
+    dev = resolve_device(cfg, device)
+    mcfg = get_model_config(cfg.model["name"])
+    h, w, c = DATASETS[cfg.data["dataset"]].image_shape
+    if mcfg.input_size != (c, h, w) or mcfg.dataset != cfg.data["dataset"]:
+        raise _error(cfg, "model.name", f"{mcfg.name} takes {mcfg.dataset} images of shape {mcfg.input_size} but "
+                     f"data.dataset = {cfg.data['dataset']!r} has images of shape {(c, h, w)}; pick a model "
+                     f"trained on {cfg.data['dataset']} or change data.dataset")
+    folder = resolve_data_dir(data_dir)
+    if not folder.is_dir():
+        raise _error(cfg, "data", f"data directory {folder} does not exist; pass --data-dir DIR or set "
+                     "PURIFY_DATA_DIR to the folder holding cifar10_test.npz and weights/")
+    try:
+        ds = load_dataset(cfg.data["dataset"], cfg.data["split"], data_dir=folder)
+    except PurifyError as e:
+        raise _error(cfg, "data.dataset", str(e)) from None
+    if "indices" in cfg.data:
+        indices = np.asarray(cfg.data["indices"], dtype=np.int64)
+        if indices.max() >= len(ds):
+            raise _error(cfg, "data.indices", f"index {int(indices.max())} out of range for the {len(ds)} images "
+                         f"of {cfg.data['dataset']} {cfg.data['split']}")
+    else:
+        if cfg.data["count"] > len(ds):
+            raise _error(cfg, "data.count", f"{cfg.data['count']} images asked for, {cfg.data['dataset']} "
+                         f"{cfg.data['split']} has {len(ds)}")
+        rng = np.random.default_rng(cfg.data["seed"])
+        indices = np.sort(rng.permutation(len(ds))[:cfg.data["count"]])
+    try:
+        model = create_model(cfg.model["name"], pretrained=cfg.model["pretrained"], data_dir=folder)
+    except PurifyError as e:
+        raise _error(cfg, "model.pretrained", str(e)) from None
+    model = model.to(dev).eval().requires_grad_(False)
+    x, y = ds.tensors(indices)
+    base = base_key(cfg, indices)
+    pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
+    return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=model,
+                    pipeline=pipeline, full=full, cells=expand_cells(cfg, base), base=base)
+
+
+def _generator(device: torch.device, *parts: Any) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+def _batches(p: Prepared):
+    bs = p.cfg.batch_size
+    for b, start in enumerate(range(0, len(p.x), bs)):
+        yield b, p.x[start:start + bs].to(p.device), p.y[start:start + bs].to(p.device)
+
+
+@torch.no_grad()
+def _defended_pred(p: Prepared, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Purified images and the defended prediction, with the batch's evaluation draw."""
+    z = p.pipeline(x, generator=_generator(p.device, p.cfg.seed, "eval", batch))
+    return z, p.classifier(z).argmax(1)
+
+
+def clean_pass(p: Prepared, cells_dir: Path) -> dict[str, Any]:
+    """Per-image clean correctness of the undefended and the defended model (cached)."""
+    key = {k: v for k, v in p.base.items()}
+    path = cells_dir / f"clean-{key_hash(key)}.json"
+    hit = read_json(path)
+    if hit is not None and hit.get("key") == key:
+        return {**hit, "cached": True}
+    t0 = time.perf_counter()
+    und, dfd = [], []
+    with torch.no_grad():
+        for b, xb, yb in _batches(p):
+            und.append((p.classifier(xb).argmax(1) == yb).cpu())
+            if p.pipeline is not None:
+                dfd.append((_defended_pred(p, xb, b)[1] == yb).cpu())
+    out = {"key": key, "undefended_correct": torch.cat(und).int().tolist(),
+           "defended_correct": torch.cat(dfd).int().tolist() if dfd else None, "wall_s": time.perf_counter() - t0}
+    out["undefended_accuracy"] = float(np.mean(out["undefended_correct"]))
+    out["defended_accuracy"] = float(np.mean(out["defended_correct"])) if dfd else None
+    write_json(path, out)
+    return {**out, "cached": False}
+
+
+class _Stats:
+    """Running sums of one cell over batches."""
+
+    def __init__(self) -> None:
+        self.n = self.correct = self.clean_correct = self.flipped = 0
+        self.l2 = self.linf = self.rho = 0.0
+        self.max_linf = 0.0
+        self.wall = 0.0
+        self.forwards = self.backwards = 0
+
+    def add(self, x: torch.Tensor, x_adv: torch.Tensor, adv_ok: torch.Tensor, clean_ok: torch.Tensor) -> None:
+        d = (x_adv - x).flatten(1).double()
+        linf = d.abs().amax(1)
+        self.n += len(x)
+        self.correct += int(adv_ok.sum())
+        self.clean_correct += int(clean_ok.sum())
+        self.flipped += int((clean_ok & ~adv_ok).sum())
+        self.l2 += float(torch.linalg.vector_norm(d, dim=1).sum())
+        self.linf += float(linf.sum())
+        self.max_linf = max(self.max_linf, float(linf.max()) if len(x) else 0.0)
+        self.rho += rho2(x, x_adv) * len(x) if len(x) else 0.0
+
+
+def _row(cell: Cell, s: _Stats, clean_acc: float) -> dict[str, Any]:
+    return {
+        "cell": cell.hash, "attack": cell.attack_id, "attack_name": cell.attack, "norm": cell.norm,
+        "eps": cell.eps.value if cell.eps else "", "eps_label": cell.eps.label if cell.eps else "",
+        "threat_model": cell.threat_model, "iters": cell.params.get("iters", ""),
+        "eot_samples": cell.eot_samples or "", "params": _params_text(cell.params),
+        "n_images": s.n, "clean_accuracy": clean_acc, "accuracy": s.correct / s.n if s.n else float("nan"),
+        "n_clean_correct": s.clean_correct,
+        "attack_success_rate": s.flipped / s.clean_correct if s.clean_correct else float("nan"),
+        "mean_l2": s.l2 / s.n, "mean_linf": s.linf / s.n, "max_linf": s.max_linf, "rho2": s.rho / s.n,
+        "wall_s": round(s.wall, 3), "forwards": s.forwards, "backwards": s.backwards,
+    }
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: tuple[Cell, int, Path] | None,
+             examples_only: bool = False) -> dict[str, dict[str, Any]]:
+    """Attack once per batch for all cells of ``job``; returns ``{cell hash: row}``."""
+    first = job[0]
+    stats = {c.hash: _Stats() for c in job}
+    und = torch.tensor(clean["undefended_correct"], dtype=torch.bool)
+    dfd = torch.tensor(clean["defended_correct"] or [], dtype=torch.bool)
+    bs = p.cfg.batch_size
+    for b, xb, yb in _batches(p):
+        t0 = time.perf_counter()
+        model_fn, counted = attack_model_fn(first.threat_model, p.classifier, p.pipeline, p.full,
+                                            _generator(p.device, p.cfg.seed, "attack-defense", first.attack_hash, b),
+                                            first.eot_samples)
+        x_adv = run_attack(first.attack, model_fn, xb, yb, eps=first.eps.value if first.eps else None,
+                           params=first.params, generator=_generator(p.device, p.cfg.seed, "attack",
+                                                                     first.attack_hash, b))
+        attack_s = time.perf_counter() - t0
+        sl = slice(b * bs, b * bs + len(xb))
+        for cell in job:
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                if cell.threat_model == "none":
+                    pred, ok0 = p.classifier(x_adv).argmax(1), und[sl]
+                else:
+                    pred, ok0 = _defended_pred(p, x_adv, b)[1], dfd[sl]
+            s = stats[cell.hash]
+            s.add(xb.cpu(), x_adv.cpu(), (pred == yb).cpu(), ok0)
+            s.wall += attack_s + time.perf_counter() - t1
+            s.forwards += counted.forwards
+            s.backwards += counted.backwards
+            if example is not None and b == 0 and cell.hash == example[0].hash:
+                _save_examples(p, example, xb, x_adv, yb, b)
+        bar.update(1)
+        if examples_only:
+            return {}
+    return {c.hash: _row(c, stats[c.hash], clean["undefended_accuracy" if c.threat_model == "none"
+                                                 else "defended_accuracy"]) for c in job}
+
+
+def _save_examples(p: Prepared, example: tuple[Cell, int, Path], x, x_adv, y, b: int) -> None:
+    """Clean, adversarial and purified images (uint8) of the first images of the example cell."""
+    _, n, path = example
+    n = min(n, len(x))
+    if p.pipeline is None:                                # no defense: the third column repeats the attack
+        z, defended = x_adv, p.classifier(x_adv).argmax(1)
+    else:
+        z, defended = _defended_pred(p, x_adv, b)       # the evaluation draw of this batch
+    with torch.no_grad():
+        clean_pred = p.classifier(x[:n]).argmax(1)
+        adv_pred = p.classifier(x_adv[:n]).argmax(1)
+    to8 = lambda t: (t[:n].detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # noqa: E731
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, clean=to8(x), adv=to8(x_adv), purified=to8(z), label=y[:n].cpu().numpy(),
+                        clean_pred=clean_pred.cpu().numpy(), adv_pred=adv_pred.cpu().numpy(),
+                        purified_pred=defended[:n].cpu().numpy(), index=p.indices[:n], classes=np.array(p.classes),
+                        has_defense=np.array(p.pipeline is not None))
+
+
+def example_cell(p: Prepared) -> Cell | None:
+    """The cell shown in examples.png: ``[examples]``, else the first defended eps cell, else the first cell."""
+    ex = p.cfg.examples
+    if ex:
+        for c in p.cells:
+            if (c.attack_id == ex["attack"] and c.threat_model == ex["threat_model"]
+                    and ("eps" not in ex or (c.eps is not None and abs(c.eps.value - ex["eps"]) < 1e-12))):
+                return c
+    for c in p.cells:
+        if c.eps is not None and c.threat_model != "none":
+            return c
+    return p.cells[0] if p.cells else None
+
+
+def run_config(p: Prepared, out_dir: Path, *, progress: bool = True) -> RunResult:
+    """Compute every cell not in ``<out_dir>/cells`` and return all rows, in config order."""
+    t0 = time.perf_counter()
+    cells_dir = out_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    clean = clean_pass(p, cells_dir)
+    ex_cell = example_cell(p)
+    n_examples = (p.cfg.examples or {}).get("n", 6)
+    ex = (ex_cell, n_examples, cells_dir / f"{ex_cell.slug}-{ex_cell.hash}-examples{n_examples}.npz") if ex_cell else None
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[list[Cell], bool]] = []
+    result = RunResult(rows=[], clean=clean, out_dir=out_dir, examples=ex[2] if ex else None)
+    for job in group_jobs(p.cells):
+        missing = []
+        for c in job:
+            hit = read_json(cells_dir / c.filename)
+            if hit is not None and hit.get("key") == c.key:
+                rows[c.hash] = hit["row"]
+                result.cached.append(c.label)
+            else:
+                missing.append(c)
+        if missing:
+            todo.append((missing, False))
+        elif ex and any(c.hash == ex[0].hash for c in job) and not ex[2].is_file():
+            todo.append(([ex[0]], True))          # cells cached, example images not: one batch of that cell
+    n_batches = -(-len(p.x) // p.cfg.batch_size)
+    total = sum(1 if only else n_batches for _, only in todo)
+    with tqdm(total=total, desc=p.cfg.name, unit="batch", disable=not progress or total == 0) as bar:
+        for job, only in todo:
+            bar.set_postfix_str(", ".join(c.label for c in job)[:80])
+            new = _run_job(p, job, clean, bar, ex, examples_only=only)
+            for c in job:
+                if c.hash in new:
+                    write_json(cells_dir / c.filename, {"key": c.key, "label": c.label, "row": new[c.hash]})
+                    rows[c.hash] = new[c.hash]
+                    result.computed.append(c.label)
+    result.rows = [rows[c.hash] for c in p.cells]
+    result.wall_s = time.perf_counter() - t0
+    return result

@@ -1,0 +1,162 @@
+"""The types of a benchmark config and the checked-value helpers its parser uses.
+
+:class:`ConfigError` (a ``PurifyError`` and a ``ValueError``) names the file and the key;
+:data:`ATTACKS` says which attacks exist and what each takes; :class:`RunConfig` is the parsed,
+checked config (see :mod:`benchmarks.harness.config` for the file layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from purify.errors import PurifyError
+
+__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "EOT_THREAT_MODELS",
+           "HEADS", "DEFAULT_EOT_SAMPLES", "Eps", "AttackEntry", "RunConfig", "Ctx"]
+
+THREAT_MODELS = ("none", "transfer", "bpda", "eot", "bpda+eot", "full")
+#: Threat models whose adversarial examples are made on the undefended classifier (shared per attack x eps).
+UNDEFENDED_SOURCE = ("none", "transfer")
+EOT_THREAT_MODELS = ("eot", "bpda+eot")
+HEADS = ("softmax",)
+DEFAULT_EOT_SAMPLES = 10
+
+
+class ConfigError(PurifyError, ValueError):
+    """A benchmark config is invalid; the message names the file, the key and what to change."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What the harness needs to know about an attack of :mod:`purify.attacks`.
+
+    ``params`` are the keys a config may set (``step_ratio`` is the harness's: step = ratio * eps);
+    ``required`` must be set; ``sweep`` may be lists (one cell per value).
+    """
+
+    name: str
+    uses_eps: bool
+    norm: str | None              # fixed norm, or None: params["norm"] (default "linf")
+    params: frozenset[str]
+    required: tuple[str, ...] = ()
+    sweep: tuple[str, ...] = ()
+
+
+ATTACKS: dict[str, AttackSpec] = {s.name: s for s in (
+    AttackSpec("fgsm", True, "linf", frozenset({"loss"})),
+    AttackSpec("bim", True, "linf", frozenset({"iters", "loss"}), sweep=("iters",)),
+    AttackSpec("pgd", True, None, frozenset({"step", "step_ratio", "iters", "norm", "random_start", "loss"}),
+               required=("iters",), sweep=("iters",)),
+    AttackSpec("cw_l2", False, "l2", frozenset({"c", "kappa", "steps", "lr", "binary_search_steps"})),
+    AttackSpec("deepfool", False, "l2", frozenset({"norm", "overshoot", "max_iter", "num_classes"})),
+)}
+
+
+
+@dataclass(frozen=True)
+class Eps:
+    """An attack budget as written in the config (``0.02`` or ``"8/255"``) and its value."""
+
+    value: float
+    label: str
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    id: str
+    name: str
+    eps: tuple[Eps, ...]
+    threat_models: tuple[str, ...]
+    eot_samples: tuple[int, ...]
+    params: dict[str, Any]           # may hold lists for swept keys
+
+    @property
+    def spec(self) -> AttackSpec:
+        return ATTACKS[self.name]
+
+    @property
+    def norm(self) -> str:
+        return self.spec.norm or self.params.get("norm", "linf")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A parsed, checked config (``quick`` overrides already applied when ``is_quick``)."""
+
+    name: str
+    path: Path
+    description: str
+    batch_size: int
+    device: str
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]
+    stages: tuple[tuple[str, dict[str, Any]], ...]
+    head: str
+    attacks: tuple[AttackEntry, ...]
+    examples: dict[str, Any] | None
+    paper: dict[str, Any] | None
+    is_quick: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Ctx:
+    """Error helper bound to one file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {msg}")
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {type(value).__name__} {value!r}")
+        return value
+
+    def keys(self, table: dict[str, Any], allowed: set[str], key: str, required: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            where = f"{key}." if key else ""
+            raise self.error(f"{where}{unknown[0]}", f"unknown key; {key or 'the top level'} takes "
+                             f"{', '.join(sorted(allowed))}")
+        for r in required:
+            if r not in table:
+                where = f"{key}." if key else ""
+                raise self.error(f"{where}{r}", "missing required key")
+
+    def integer(self, value: Any, key: str, low: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {value!r}")
+        if value < low:
+            raise self.error(key, f"expected an integer >= {low}, got {value}")
+        return value
+
+    def string(self, value: Any, key: str, choices: tuple[str, ...] | None = None) -> str:
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"unknown value {value!r}; expected one of {', '.join(map(repr, choices))}")
+        return value
+
+    def number(self, value: Any, key: str) -> Eps:
+        """A non-negative finite number, or a ``"p/q"`` string such as ``"8/255"``."""
+        if isinstance(value, str):
+            try:
+                frac = Fraction(value.replace(" ", ""))
+            except (ValueError, ZeroDivisionError):
+                raise self.error(key, f"expected a number or a fraction like \"8/255\", got {value!r}") from None
+            v, label = float(frac), value.replace(" ", "")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            v, label = float(value), f"{value:g}"
+        else:
+            raise self.error(key, f"expected a number or a fraction like \"8/255\", got {value!r}")
+        if not (v == v and abs(v) != float("inf")) or v < 0:
+            raise self.error(key, f"expected a finite value >= 0, got {value!r}; budgets cannot be negative")
+        return Eps(v, label)
+
+    def as_list(self, value: Any, key: str) -> list[Any]:
+        return list(value) if isinstance(value, list) else [value]

@@ -1,0 +1,46 @@
+"""Adversarial attacks for evaluating purification defenses.
+
+One functional core for gradient attacks (:func:`pgd`, with :func:`fgsm` and :func:`bim` as
+its special cases), :func:`cw_l2` and :func:`deepfool`; the threat models of a defense are
+expressed by wrapping the *model*: :func:`bpda` for non-differentiable stages, :func:`eot`
+for randomized ones, both for a randomized non-differentiable defense such as TVM.
+Every attack takes ``model_fn(x) -> logits`` with images in [0, 1], returns a new detached
+``x_adv`` in [0, 1], leaves ``x`` and the model's ``.grad`` untouched, and works the same
+inside ``torch.no_grad()``.
+
+Quickstart::
+
+    >>> import torch
+    >>> from purify.attacks import pgd, fgsm, bpda, eot
+    >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    >>> x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    >>> adv = pgd(clf, x, y, eps=8 / 255, step=2 / 255, iters=10)
+    >>> noisy = lambda v: (v + 0.05 * torch.randn_like(v)).clamp(0, 1)   # a randomized stage
+    >>> defended = eot(lambda v: clf(bpda(noisy)(v)), samples=4)          # BPDA + EOT threat model
+    >>> adv = fgsm(defended, x, y, eps=8 / 255)
+    >>> list_attacks()
+    ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
+"""
+
+from purify.attacks.counting import CountedModel
+from purify.attacks.cw import CWResult, cw_l2, cw_l2_details
+from purify.attacks.deepfool import deepfool, rho2
+from purify.attacks.gradient import bim, ce_loss, fgsm, margin_loss, pgd
+from purify.attacks.wrappers import EOT, bpda, eot
+
+__all__ = [
+    "pgd", "fgsm", "bim", "cw_l2", "deepfool", "rho2", "bpda", "eot", "EOT", "CountedModel", "list_attacks",
+    "cw_l2_details", "CWResult", "ce_loss", "margin_loss",
+]
+
+_ATTACKS = ("fgsm", "bim", "pgd", "cw_l2", "deepfool")
+
+
+def list_attacks() -> list[str]:
+    """Names of the attacks, in order of strength of the usual setting.
+
+    Example:
+        >>> list_attacks()
+        ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
+    """
+    return list(_ATTACKS)

@@ -1,0 +1,277 @@
+"""The benchmark harness: config checks, cell cache keys and resume, outputs, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.__main__ import main
+from benchmarks.harness import CONFIG_DIR, ConfigError, bundled_configs, load_config, run
+from benchmarks.harness import runner as runner_mod
+from benchmarks.harness.cells import base_key, expand_cells
+from benchmarks.harness.config import parse_config
+from benchmarks.harness.report import COLUMNS
+from tests.conftest import REPO_ROOT
+
+HERE = Path(__file__).resolve().parent
+TINY = HERE / "tiny.toml"
+COMMAND = "python -m benchmarks run tiny.toml --test-marker"
+
+
+def _raw() -> dict:
+    with open(TINY, "rb") as f:
+        return tomllib.load(f)
+
+
+def _cells(raw: dict) -> dict[str, str]:
+    """{label: hash} of the cells of a config, for a fixed set of images."""
+    import numpy as np
+    cfg = parse_config(raw, TINY)
+    return {c.label: c.hash for c in expand_cells(cfg, base_key(cfg, np.arange(8)))}
+
+
+# ----------------------------------------------------------------------------- config checks
+
+def _set(raw: dict, path: str, value) -> dict:
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+_DELETE = object()
+
+BAD = [
+    ("attacks.0.name", "fgsmm", r"attacks\[0\]\.name: unknown value 'fgsmm'; expected one of 'fgsm'"),
+    ("attacks.0.threat_models", ["none", "bpda2"], r"attacks\[0\]\.threat_models: unknown value 'bpda2'.*'bpda\+eot'"),
+    ("defense.stages", [{"name": "tvmm"}], r"defense\.stages\[0\]\.name: unknown value 'tvmm'; expected one of 'tvm'"),
+    ("defense.stages", [{"name": "tvm", "params": {"lam": 1}}], r"defense\.stages\[0\]\.params: .*unknown parameter.*'lam'"),
+    ("attacks.0.eps", [0.03, -0.01], r"attacks\[0\]\.eps: expected a finite value >= 0, got -0.01"),
+    ("attacks.0.eps", ["8/0"], r"attacks\[0\]\.eps: expected a number or a fraction"),
+    ("attacks.0.eps", [], r"attacks\[0\]\.eps: fgsm needs at least one budget"),
+    ("attacks.3.eps", [0.1], r"attacks\[3\]\.eps: deepfool has no budget; remove eps"),
+    ("attacks.0.params", {"iters": 3}, r"attacks\[0\]\.params\.iters: unknown parameter of fgsm; it takes loss"),
+    ("attacks.1.params", {"step_ratio": 0.5}, r"attacks\[1\]\.params\.iters: missing required parameter of pgd"),
+    ("attacks.1.params", {"iters": 2}, r"attacks\[1\]\.params\.step: pgd needs exactly one of step"),
+    ("model", _DELETE, r"tiny\.toml: model: missing required key"),
+    ("attacks.0.threat_models", _DELETE, r"attacks\[0\]\.threat_models: missing required key"),
+    ("batchsize", 8, r"tiny\.toml: batchsize: unknown key; the top level takes"),
+    ("data.cout", 8, r"data\.cout: unknown key; data takes count, dataset"),
+    ("data.indices", [1, 2], r"data\.count: give exactly one of data\.count"),
+    ("model.name", "resnet21", r"model\.name: unknown value 'resnet21'; expected one of 'resnet20', 'resnet56'"),
+    ("defense.head", "wnll", r"defense\.head: unknown value 'wnll'; expected one of 'softmax'"),
+    ("defense", _DELETE, r"defense: missing required table: threat model 'bpda'"),
+    ("batch_size", 0, r"batch_size: expected an integer >= 1, got 0"),
+    ("device", "tpu", r"device: expected 'auto', 'cpu' or 'cuda\[:N\]'"),
+    ("examples.eps", 0.5, r"examples\.eps: 0\.5 is not one of attack 'fgsm'"),
+    ("quick.attacks", {"nope": {"eps": [0.1]}}, r"quick\.attacks\.nope: no attack entry with that id"),
+]
+
+
+@pytest.mark.parametrize("path, value, match", BAD, ids=[b[0] + ":" + b[2][:20] for b in BAD])
+def test_exception_bad_config(path, value, match):
+    raw = _set(_raw(), path, value)
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_config(raw, TINY)
+    assert str(TINY) in str(info.value)              # names the file
+    assert isinstance(info.value, ValueError)
+
+
+def test_exception_unknown_config_name_lists_bundled():
+    with pytest.raises(ConfigError, match=r"no bundled config of that name.*quick_demo"):
+        load_config("no_such_config")
+
+
+def test_exception_quick_without_quick_table():
+    raw = _raw()
+    del raw["quick"]
+    with pytest.raises(ConfigError, match=r"quick: --quick needs a \[quick\] table"):
+        parse_config(raw, TINY, quick=True)
+
+
+def test_exception_missing_data_dir_fails_before_work(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"tiny\.toml: data: data directory .*nowhere does not exist; pass --data-dir"):
+        run(TINY, data_dir=tmp_path / "nowhere", out=out, progress=False)
+    assert not out.exists()
+
+
+def test_exception_model_dataset_mismatch(tmp_path):
+    raw = _set(_raw(), "data.dataset", "mnist")
+    path = tmp_path / "mnist.toml"
+    path.write_text(TINY.read_text().replace('dataset = "cifar10"', 'dataset = "mnist"'))
+    assert parse_config(raw, path).data["dataset"] == "mnist"
+    with pytest.raises(ConfigError, match=r"mnist\.toml: model\.name: resnet20 takes cifar10 images of shape "
+                                          r"\(3, 32, 32\) but data\.dataset = 'mnist' has images of shape \(1, 28, 28\)"):
+        run(path, data_dir=tmp_path, out=tmp_path / "out", progress=False)
+
+
+def test_exception_count_too_large(tmp_path, data_dir):
+    path = tmp_path / "big.toml"
+    path.write_text(TINY.read_text().replace("count = 8", "count = 10001"))
+    with pytest.raises(ConfigError, match=r"big\.toml: data\.count: 10001 images asked for, cifar10 test has 10000"):
+        run(path, data_dir=data_dir, out=tmp_path / "out", progress=False)
+
+
+def test_cli_reports_config_error(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.read_text().replace('name = "deepfool"', 'name = "deepfoo"'))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "attacks[3].name: unknown value 'deepfoo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+@pytest.mark.parametrize("quick", [False, True])
+def test_bundled_configs_parse(name, quick):
+    cfg = load_config(name, quick=quick)
+    assert cfg.name == name and cfg.is_quick is quick and cfg.description
+
+
+def test_quick_overrides():
+    cfg = load_config(TINY, quick=True)
+    assert cfg.data["count"] == 4
+    assert [e.label for e in cfg.attacks[0].eps] == ["0.03"]
+    full = load_config(TINY)
+    assert full.data["count"] == 8
+
+
+# ----------------------------------------------------------------------------- cache keys
+
+def test_cache_key_stable_and_specific():
+    base = _cells(_raw())
+    assert base == _cells(_raw())                    # same config, same keys
+    assert len(set(base.values())) == len(base) == 9
+    cosmetic = _raw()
+    cosmetic["description"] = "something else"
+    cosmetic["paper"]["clean"] = 12.0
+    cosmetic["examples"]["n"] = 3
+    assert _cells(cosmetic) == base                  # descriptions, paper numbers, examples do not count
+    weight = _set(_raw(), "defense.stages", [{"name": "tvm", "params": {"weight": 0.06, "iters": 10}}])
+    changed = _cells(weight)
+    assert changed["fgsm eps=0.03 [none]"] == base["fgsm eps=0.03 [none]"]   # `none` never sees the defense
+    assert all(changed[k] != v for k, v in base.items() if "[none]" not in k)
+    eps = _cells(_set(_raw(), "attacks.0.eps", [0.031]))
+    assert "fgsm eps=0.031 [transfer]" in eps and eps["deepfool [none]"] == base["deepfool [none]"]
+
+
+# ----------------------------------------------------------------------------- a tiny run, resumed
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a 2-core machine shared with a busy process, 2 threads run ~100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, data_dir, one_thread):
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    result = run(TINY, data_dir=data_dir, out=out, progress=False, command=COMMAND)
+    return result, out
+
+
+def test_run_computes_every_cell(first_run):
+    result, out = first_run
+    assert len(result.computed) == 9 and result.cached == []
+    assert len(list((out / "cells").glob("*.json"))) == 9 + 1   # + the cached clean pass
+
+
+def test_csv_columns_and_values(first_run):
+    _, out = first_run
+    with open(out / "cells.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    assert len(rows) == 9
+    for r in rows:
+        assert int(r["n_images"]) == 8
+        assert 0.0 <= float(r["accuracy"]) <= 1.0 and 0.0 <= float(r["clean_accuracy"]) <= 1.0
+        if r["norm"] == "linf":
+            assert float(r["max_linf"]) <= float(r["eps"]) + 1e-6
+            assert float(r["mean_linf"]) <= float(r["max_linf"]) + 1e-9
+        assert float(r["mean_l2"]) > 0 and float(r["wall_s"]) > 0
+    by = {(r["attack"], r["threat_model"], r["iters"]): r for r in rows}
+    # none and transfer share one set of adversarial examples: same perturbation, same attack cost
+    none, transfer = by[("fgsm", "none", "")], by[("fgsm", "transfer", "")]
+    assert none["mean_l2"] == transfer["mean_l2"] and none["forwards"] == transfer["forwards"] == "8"
+    # EOT counts every draw: iters x samples x images
+    eot = by[("pgd", "eot", "2")]
+    assert int(eot["forwards"]) == int(eot["backwards"]) == 2 * 2 * 8
+    assert int(by[("pgd", "full", "1")]["backwards"]) == 8
+    assert float(by[("deepfool", "none", "")]["rho2"]) > 0
+
+
+def test_report_has_paper_numbers_and_command(first_run):
+    _, out = first_run
+    text = (out / "report.md").read_text()
+    assert COMMAND in text
+    assert "| fgsm (TVM) | transfer | 0.03 | 12.3 |" in text and "| 91.7 |" in text
+    assert "Machine:" in text and "Total wall time:" in text and "GPU:" in text
+
+
+@pytest.mark.parametrize("name", ["accuracy_vs_eps.png", "examples.png"])
+def test_pngs_are_valid_images(first_run, name):
+    _, out = first_run
+    with Image.open(out / name) as im:
+        im.verify()
+    with Image.open(out / name) as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
+def test_second_run_computes_nothing_and_resume_recomputes_only_missing(first_run, tmp_path, data_dir, monkeypatch,
+                                                                       one_thread):
+    result, out = first_run
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    calls = []
+    real = runner_mod.run_attack
+    monkeypatch.setattr(runner_mod, "run_attack", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+
+    again = run(TINY, data_dir=data_dir, out=copy, progress=False, command=COMMAND)
+    assert again.computed == [] and len(again.cached) == 9 and calls == []
+
+    victim = next((copy / "cells").glob("fgsm_eps0.03_transfer-*.json"))
+    victim.unlink()                                      # as if the run had been interrupted there
+    resumed = run(TINY, data_dir=data_dir, out=copy, progress=False, command=COMMAND)
+    assert resumed.computed == ["fgsm eps=0.03 [transfer]"] and calls == ["fgsm"]
+    assert victim.is_file()
+    old = {r["cell"]: r for r in result.rows}
+    for r in resumed.rows:                               # seeded: recomputed numbers are identical
+        assert {k: v for k, v in r.items() if k != "wall_s"} == {k: v for k, v in old[r["cell"]].items()
+                                                                 if k != "wall_s"}
+
+
+def test_quick_run_writes_to_quick_folder(tmp_path, data_dir, one_thread):
+    result = run(TINY, quick=True, data_dir=data_dir, out=tmp_path / "tiny", progress=False)
+    assert result.out_dir == tmp_path / "tiny-quick" and not (tmp_path / "tiny").exists()
+    with open(tmp_path / "tiny-quick" / "cells.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and all(r["n_images"] == "4" for r in rows)
+    assert "(quick)" in (tmp_path / "tiny-quick" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_list_prints_bundled_configs():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "list"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name, desc in bundled_configs():
+        assert any(line.startswith(name) and desc in line for line in proc.stdout.splitlines())
+    for name in ("wnll_tvm_table2", "tvm_adaptive", "gcln_no_defense", "quick_demo"):
+        assert name in proc.stdout
