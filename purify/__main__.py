@@ -9,6 +9,7 @@ before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -19,6 +20,10 @@ import torch
 from purify.api import purify
 from purify.errors import DataNotFoundError, PurifyError
 from purify.registry import list_purifiers
+
+# The command's report goes through this logger; main() attaches its console handlers
+# (INFO to stdout, warnings and errors to stderr) and removes them on exit.
+console = logging.getLogger("purify.cli")
 
 
 def _generated_images(n: int) -> tuple[np.ndarray, None]:
@@ -40,9 +45,9 @@ def _load_images(n: int, data_dir: str | None):
     try:
         ds = load_dataset("cifar10", "test", data_dir=data_dir)
     except DataNotFoundError as err:
-        print(f"no CIFAR-10 found ({str(err).splitlines()[0]}); using {n} generated 32x32 images")
+        console.info(f"no CIFAR-10 found ({str(err).splitlines()[0]}); using {n} generated 32x32 images")
         return _generated_images(n) + (None,)
-    print(f"{n} CIFAR-10 test images from {resolve_data_dir(data_dir)}")
+    console.info(f"{n} CIFAR-10 test images from {resolve_data_dir(data_dir)}")
     return ds.x[:n], ds.y[:n], ds.classes
 
 
@@ -52,7 +57,7 @@ def _classifier(data_dir: str | None):
     try:
         return create_model("resnet56", pretrained=True, data_dir=data_dir)
     except (DataNotFoundError, OSError) as err:
-        print(f"(no ResNet-56 checkpoint: {str(err).splitlines()[0]}; skipping predictions)")
+        console.info(f"(no ResNet-56 checkpoint: {str(err).splitlines()[0]}; skipping predictions)")
         return None
 
 
@@ -73,13 +78,13 @@ def demo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     setting = ", ".join(f"{k}={v}" for k, v in params.items())
     note = " (the first call also loads the compiled TV kernel)" if args.method == "tvm" else ""
-    print(f"purified {len(images)} images with {args.method}({setting}) in {seconds * 1e3:.0f} ms{note}")
+    console.info(f"purified {len(images)} images with {args.method}({setting}) in {seconds * 1e3:.0f} ms{note}")
     model = _classifier(args.data_dir)
     before = after = None
     if model is not None:
         before, after = _predict(model, images), _predict(model, out)
     diff = out.astype(np.float64) - images.astype(np.float64)
-    print(f"{'#':>2}  {'mean |change|':>13}  {'PSNR dB':>7}  {'pixels changed':>14}  prediction")
+    console.info(f"{'#':>2}  {'mean |change|':>13}  {'PSNR dB':>7}  {'pixels changed':>14}  prediction")
     for i in range(len(images)):
         mse = np.mean(diff[i] ** 2)
         psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -89,9 +94,9 @@ def demo(args: argparse.Namespace) -> int:
             name = (lambda k: classes[k] if classes else str(k))
             truth = f" (true: {name(labels[i])})" if labels is not None else ""
             line += f"  {name(before[i])} -> {name(after[i])}{truth}"
-        print(line)
+        console.info(line)
     if before is not None and labels is not None:
-        print(f"ResNet-56 accuracy on these {len(images)}: {np.mean(before == labels):.0%} before, "
+        console.info(f"ResNet-56 accuracy on these {len(images)}: {np.mean(before == labels):.0%} before, "
               f"{np.mean(after == labels):.0%} after purification")
     return 0
 
@@ -105,7 +110,7 @@ def image(args: argparse.Namespace) -> int:
     gen = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     params = {"weight": args.weight, "drop_prob": args.drop_prob} if args.method == "tvm" else {"q": args.q}
     purify(img, args.method, device=args.device, generator=gen, **params).save(args.output)
-    print(f"wrote {args.output}")
+    console.info(f"wrote {args.output}")
     return 0
 
 
@@ -131,17 +136,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    if getattr(args, "n", 1) < 1:
-        print("purify: --n must be >= 1", file=sys.stderr)
-        return 2
+@contextlib.contextmanager
+def _console():
+    """Attach stdout / stderr handlers to the CLI logger for the duration of one command."""
+    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout.addFilter(lambda record: record.levelno < logging.WARNING)
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.WARNING)
+    handlers = (to_stdout, to_stderr)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        console.addHandler(handler)
+    console.setLevel(logging.INFO)
+    console.propagate = False
     try:
-        return args.func(args)
-    except (PurifyError, OSError) as err:
-        print(f"purify: error: {err}", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        for handler in handlers:
+            console.removeHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with _console():
+        if getattr(args, "n", 1) < 1:
+            console.error("purify: --n must be >= 1")
+            return 2
+        try:
+            return args.func(args)
+        except (PurifyError, OSError) as err:
+            console.error(f"purify: error: {err}")
+            return 1
 
 
 if __name__ == "__main__":

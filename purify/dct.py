@@ -122,12 +122,16 @@ def _quantize(coeffs: Tensor, q: Tensor) -> Tensor:
     return torch.round(coeffs * 255.0 / q) * q / 255.0
 
 
-class _RoundNoGrad(torch.autograd.Function):
-    """Coefficient quantization whose backward refuses to run."""
+class _Round(torch.autograd.Function):
+    """Coefficient quantization; subclasses decide what backward does."""
 
     @staticmethod
     def forward(ctx, coeffs: Tensor, q: Tensor) -> Tensor:  # type: ignore[override]
         return _quantize(coeffs, q)
+
+
+class _RoundNoGrad(_Round):
+    """Quantization whose backward refuses to run."""
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -139,12 +143,8 @@ class _RoundNoGrad(torch.autograd.Function):
         )
 
 
-class _RoundSTE(torch.autograd.Function):
-    """Coefficient quantization with a straight-through (identity) gradient; none for q."""
-
-    @staticmethod
-    def forward(ctx, coeffs: Tensor, q: Tensor) -> Tensor:  # type: ignore[override]
-        return _quantize(coeffs, q)
+class _RoundSTE(_Round):
+    """Quantization with a straight-through (identity) gradient; none for q."""
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]

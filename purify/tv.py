@@ -24,8 +24,8 @@ checks the gap against the exact cvxpy solution.
 Two interchangeable executions of the same iteration:
 
 * ``numba`` (CPU, no autograd): one fused kernel per (image, channel) plane that
-  keeps the plane in L1 cache for all iterations, ~0.4 ms per 32x32x3 image on
-  one core at 160 iterations;
+  keeps the plane in L1 cache for all iterations, 0.40 ms per 32x32x3 image on
+  one core at 160 iterations (``benchmarks/results/tv_speed.md``);
 * ``torch`` (any device, differentiable): the same iteration in plain tensor
   ops, so an attack can differentiate through the unrolled solve.
 
@@ -306,7 +306,7 @@ def _pdhg_numba(x: Tensor, keep: Tensor, tau: Tensor, sig: Tensor, lam: Tensor, 
     with _NUMBA_LAUNCH:
         # Follow torch's thread setting, so one knob (torch.set_num_threads) controls both backends.
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        z, _ = kernel.run_pdhg_planes(planes(x), planes(keep.contiguous()), per_plane(tau), per_plane(sig),
+        z, _ = kernel.run_pdhg_planes(planes(x), planes(keep), per_plane(tau), per_plane(sig),
                                       per_plane(lam), rho=_RELAXATION, iters=iters, tol=tol)
     return torch.from_numpy(z).reshape(b, c, h, w)
 
