@@ -24,7 +24,7 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+@nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
 def pdhg_planes(x, keep, z, tau_p, sig_p, lam_p, consts, iters, tol, iters_done):  # pragma: no cover - compiled
     """Run the relaxed primal-dual iteration on P independent planes, writing the result into ``z``.
 
@@ -107,7 +107,7 @@ def pdhg_planes(x, keep, z, tau_p, sig_p, lam_p, consts, iters, tol, iters_done)
                 zs[i, j] = min(one, max(zero, zs[i, j]))
 
 
-@nb.njit(fastmath=True, boundscheck=False, cache=True)
+@nb.njit(fastmath=True, boundscheck=False, cache=True, nogil=True)
 def _inpaint_init_plane(xs, ks, zs, zero, one):  # pragma: no cover - compiled
     h, w = xs.shape
     mean = zero

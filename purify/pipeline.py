@@ -104,22 +104,40 @@ class Pipeline(nn.Module):
 
 
 class DefendedClassifier(nn.Module):
-    """``classifier(pipeline(x))``: a classifier with purification in front.
+    """``classifier(pipeline(x))``: a classifier with purification in front, and optionally a WNLL head.
 
     ``classifier`` takes [0, 1] images and returns logits (normalization belongs to it).
+    ``pipeline=None`` purifies nothing (an undefended model, e.g. to compare heads).
+    With ``head`` (a :class:`~purify.wnll.WNLLHead`), the classifier's softmax is replaced: its
+    ``features(x)`` (B, D) go to the head, and the output is the log of the interpolated scores,
+    which behaves like logits (argmax, softmax and cross-entropy give the head's label, scores
+    and loss). In the head's ``"transductive"`` mode a prediction depends on the other images of
+    the batch; the default ``"inductive"`` mode is batch-consistent.
 
     Shape:
-        input: (B, C, H, W) in [0, 1]; output: (B, num_classes) logits.
+        input: (B, C, H, W) in [0, 1]; output: (B, num_classes) logits (log-scores with a head).
     Example:
         >>> clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
         >>> DefendedClassifier(Pipeline.from_spec("dct"), clf)(torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 10])
     """
 
-    def __init__(self, pipeline: Pipeline, classifier: nn.Module) -> None:
+    def __init__(self, pipeline: Pipeline | None, classifier: nn.Module, head: nn.Module | None = None) -> None:
         super().__init__()
+        if pipeline is not None and not isinstance(pipeline, Pipeline):
+            raise DTypeError(f"DefendedClassifier: expected pipeline to be a Pipeline or None, got "
+                             f"{type(pipeline).__name__}; build one with Pipeline.from_spec(['tvm'])")
+        if head is not None and not callable(getattr(classifier, "features", None)):
+            raise DTypeError(f"DefendedClassifier: a head needs the classifier's features, but "
+                             f"{type(classifier).__name__} has no features(x) method; purify's models "
+                             "(create_model) have one")
         self.pipeline = pipeline
         self.classifier = classifier
+        self.head = head
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self.classifier(self.pipeline(x, generator=generator))
+        if self.pipeline is not None:
+            x = self.pipeline(x, generator=generator)
+        if self.head is None:
+            return self.classifier(x)
+        return self.head.log_scores(self.classifier.features(x))

@@ -5,7 +5,7 @@ Nothing registers itself at import time; adding a stage means adding a line to
 
 Example:
     >>> sorted(list_purifiers())
-    ['dct', 'tvm']
+    ['dct', 'gcln', 'tvm']
     >>> get_purifier_spec("tvm").randomized
     True
 """
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from purify.dct import DCTQuantize, dct_quantize
 from purify.errors import UnknownNameError
+from purify.gcln import GCLN, gcln_purify
 from purify.tv import TVMinimize, tv_minimize
 
 __all__ = ["PurifierSpec", "list_purifiers", "get_purifier_spec", "create_purifier"]
@@ -66,6 +67,11 @@ _REGISTRY: dict[str, PurifierSpec] = {
     "dct": PurifierSpec(
         name="dct", function=dct_quantize, module=DCTQuantize, differentiable=False, randomized=False,
         description="blockwise DCT quantization round(X/q)*q (straight-through gradient with ste=True)",
+    ),
+    "gcln": PurifierSpec(
+        name="gcln", function=gcln_purify, module=GCLN, differentiable=False, randomized=False,
+        description="generative cleaning network: trained CNN with DCT quantization inside "
+                    "(straight-through gradient with ste=True)",
     ),
 }
 

@@ -1,5 +1,15 @@
-"""purify's inference server: the Open Inference Protocol (v2) over a defended classifier.
+"""purify's inference server: the Open Inference Protocol (KServe v2) over a defended classifier.
 
-The server itself is tracked in issue 5; this package is where it lives, and it imports
-``purify``, never the other way round.
+Modules, in the order a request meets them:
+
+- :mod:`serving.config`: model-repository configs (TOML / YAML), validated at start-up;
+- :mod:`serving.app`: the v2 REST app (starlette), ``/metrics``, body limits, error mapping;
+- :mod:`serving.protocol`: JSON and binary tensors, gzip / deflate bodies;
+- :mod:`serving.model`: request checks, per-request parameters, outputs, v2 metadata;
+- :mod:`serving.batcher`: the asyncio dynamic batcher (Triton's semantics);
+- :mod:`serving.backends`: torch (CUDA when available) and ONNX Runtime execution;
+- :mod:`serving.export`: ``purify export``, one verified ONNX graph of the defended model;
+- :mod:`serving.cli`: ``purify-serve``; :mod:`serving.ray_app`: the Ray Serve deployment.
+
+``serving`` imports ``purify``, never the other way round.
 """

@@ -20,6 +20,8 @@ from purify.models import factory
 PARAMS = {"resnet20": 269_722, "resnet56": 853_018}
 # Full CIFAR-10 test set, upstream README: 8.27% / 6.61% test error.
 CORRECT = {"resnet20": 9173, "resnet56": 9339}
+# The checkpoint-backed ResNets; the shipped small CNN is tested in tests/test_small_cnn.py.
+RESNETS = ["resnet20", "resnet56"]
 
 
 @pytest.fixture(autouse=True)
@@ -37,10 +39,10 @@ def _checkpoint(data_dir, name):
 
 
 def test_list_models():
-    assert list_models() == ["resnet20", "resnet56"]
+    assert list_models() == ["resnet20", "resnet56", "small_cnn_cifar10"]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNETS)
 def test_smoke(name):
     model = create_model(name)
     assert isinstance(model, Normalized) and not model.training
@@ -52,7 +54,7 @@ def test_smoke(name):
         assert model.features(x).shape == (b, 64)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNETS)
 def test_features_feed_the_head(name):
     model = create_model(name)
     x = torch.rand(3, 3, 32, 32)
@@ -120,7 +122,7 @@ def test_create_model_signature():
 # ---------------------------------------------------------------------------------------------- weights
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNETS)
 def test_pretrained_from_data_dir(name, data_dir):
     model = create_model(name, pretrained=True, data_dir=data_dir)
     raw = torch.load(_checkpoint(data_dir, name), map_location="cpu", weights_only=True)["state_dict"]
@@ -220,7 +222,7 @@ def test_load_checkpoint_structure_errors(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNETS)
 def test_cifar10_test_accuracy(name, data_dir):
     """Contract figure: exact top-1 of the pretrained checkpoints on the full CIFAR-10 test set."""
     model = create_model(name, pretrained=True, data_dir=data_dir)

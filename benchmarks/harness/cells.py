@@ -80,11 +80,14 @@ def derive_seed(*parts: Any) -> int:
 def base_key(cfg: RunConfig, indices: np.ndarray) -> dict[str, Any]:
     """The part of every cell's key that comes from the run: images, model, defense, seed, batch size."""
     idx_sha = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
+    model = dict(cfg.model)
+    if cfg.head != "softmax":       # the head is part of the model every threat model sees, "none" included
+        model["head"] = {"name": cfg.head, **cfg.head_params, "attack_through": cfg.attack_through}
     return {
         "version": CACHE_VERSION,
         "data": {"dataset": cfg.data["dataset"], "split": cfg.data["split"], "n": int(len(indices)),
                  "indices_sha256": idx_sha},
-        "model": dict(cfg.model),
+        "model": model,
         "defense": {"stages": [[n, p] for n, p in cfg.stages], "head": cfg.head},
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,

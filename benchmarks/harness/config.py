@@ -21,7 +21,9 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     pretrained = true
 
     [defense]
-    head = "softmax"                     # reserved; only "softmax" for now
+    head = "softmax"                     # or "wnll", with:
+    head_params = { artifact = "resnet56_wnll", mode = "inductive" }   # a shipped name or a path; k, k_sigma
+    attack_through = "head"              # wnll: "head" (through the WNLL solve) or "surrogate" (linear branch)
     stages = [{ name = "tvm", params = { weight = 0.03, drop_prob = 0.5 } }]
 
     [[attacks]]
@@ -45,8 +47,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.schema import (ATTACKS, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HEADS, THREAT_MODELS,
-                                       UNDEFENDED_SOURCE, AttackEntry, AttackSpec, ConfigError, Ctx, Eps, RunConfig)
+from benchmarks.harness.schema import (ATTACK_THROUGH, ATTACKS, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HEAD_PARAM_KEYS,
+                                       HEADS, THREAT_MODELS, UNDEFENDED_SOURCE, AttackEntry, AttackSpec, ConfigError,
+                                       Ctx, Eps, RunConfig)
 from purify.errors import PurifyError
 
 __all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "EOT_THREAT_MODELS",
@@ -57,7 +60,7 @@ _TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "mod
 _REQUIRED_TOP = ("description", "data", "model", "attacks")     # defense: unless every threat model is "none"
 _DATA_KEYS = {"dataset", "split", "count", "seed", "indices"}
 _MODEL_KEYS = {"name", "pretrained"}
-_DEFENSE_KEYS = {"stages", "head"}
+_DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
 _STAGE_KEYS = {"name", "params"}
 _ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
 _EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
@@ -112,7 +115,8 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     seed = ctx.integer(cfg.get("seed", 0), "seed")
     data = _parse_data(ctx, ctx.table(cfg["data"], "data"))
     model = _parse_model(ctx, ctx.table(cfg["model"], "model"))
-    stages, head = _parse_defense(ctx, ctx.table(cfg["defense"], "defense")) if "defense" in cfg else ((), "softmax")
+    stages, head, head_params, attack_through = (_parse_defense(ctx, ctx.table(cfg["defense"], "defense"))
+                                                 if "defense" in cfg else ((), "softmax", {}, "head"))
     if not isinstance(cfg["attacks"], list) or not cfg["attacks"]:
         raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries)")
     attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(cfg["attacks"]))
@@ -129,7 +133,8 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     paper = _parse_paper(ctx, cfg.get("paper"))
     return RunConfig(name=name, path=Path(path), description=description, batch_size=batch_size, device=device,
                      seed=seed, data=data, model=model, stages=stages, head=head, attacks=attacks,
-                     examples=examples, paper=paper, is_quick=quick, raw=raw)
+                     examples=examples, paper=paper, is_quick=quick, raw=raw, head_params=head_params,
+                     attack_through=attack_through)
 
 
 def _parse_data(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
@@ -164,11 +169,33 @@ def _parse_model(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "pretrained": pretrained}
 
 
-def _parse_defense(ctx: Ctx, t: dict[str, Any]) -> tuple[tuple[tuple[str, dict[str, Any]], ...], str]:
+def _parse_head(ctx: Ctx, t: dict[str, Any], head: str) -> tuple[dict[str, Any], str]:
+    """``head_params`` and ``attack_through``: only with the WNLL head; the artifact is loaded in prepare()."""
+    if head != "wnll":
+        for key in ("head_params", "attack_through"):
+            if key in t:
+                raise ctx.error(f"defense.{key}", "only used with head = \"wnll\"; remove it or set the head")
+        return {}, "head"
+    params = dict(ctx.table(t.get("head_params", {}), "defense.head_params"))
+    unknown = sorted(set(params) - set(HEAD_PARAM_KEYS))
+    if unknown:
+        raise ctx.error(f"defense.head_params.{unknown[0]}", f"unknown key; expected one of {list(HEAD_PARAM_KEYS)}")
+    out = {"artifact": ctx.string(params.get("artifact", "resnet56_wnll"), "defense.head_params.artifact"),
+           "mode": ctx.string(params.get("mode", "inductive"), "defense.head_params.mode", ("inductive", "transductive"))}
+    for key in ("k", "k_sigma"):
+        if key in params:
+            out[key] = ctx.integer(params[key], f"defense.head_params.{key}", low=1)
+    through = ctx.string(t.get("attack_through", "head"), "defense.attack_through", ATTACK_THROUGH)
+    return out, through
+
+
+def _parse_defense(ctx: Ctx, t: dict[str, Any]) -> tuple[tuple[tuple[str, dict[str, Any]], ...], str,
+                                                          dict[str, Any], str]:
     ctx.keys(t, _DEFENSE_KEYS, "defense", ("stages",))
     from purify.pipeline import Pipeline
     from purify.registry import list_purifiers
     head = ctx.string(t.get("head", "softmax"), "defense.head", HEADS)
+    head_params, attack_through = _parse_head(ctx, t, head)
     if not isinstance(t["stages"], list) or not t["stages"]:
         raise ctx.error("defense.stages", "expected a non-empty array of stages, e.g. [{ name = \"tvm\" }]")
     stages = []
@@ -187,7 +214,7 @@ def _parse_defense(ctx: Ctx, t: dict[str, Any]) -> tuple[tuple[tuple[str, dict[s
         except PurifyError as e:
             raise ctx.error(f"{key}.params", str(e)) from None
         stages.append((name, params))
-    return tuple(stages), head
+    return tuple(stages), head, head_params, attack_through
 
 
 def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:

@@ -182,6 +182,15 @@ def _paper_lines(paper: dict[str, Any], rows: list[dict[str, Any]], clean: dict[
     return lines
 
 
+def _head_text(cfg) -> str:
+    if cfg.head == "softmax":
+        return "softmax"
+    params = ", ".join(f"{k} {v}" for k, v in cfg.head_params.items())
+    through = ("attacks differentiate the WNLL solve" if cfg.attack_through == "head" else
+               "attacks differentiate the linear branch (the paper's surrogate); WNLL labels the result")
+    return f"WNLL ({params}); {through}. Undefended = no purification, same head"
+
+
 def _headline(rows: list[dict[str, Any]]) -> list[str]:
     keys = list(dict.fromkeys((r["attack"], r["eps_label"]) for r in rows))
     if not any(r["threat_model"] in DEFENDED for r in rows):
@@ -225,7 +234,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         f"- Total wall time: {total_wall_s:.1f} s ({len(result.computed)} cells computed, {len(result.cached)} read "
         f"from the cache in `cells/`; cached cells keep the wall time of the run that computed them)",
         f"- Data: {data['dataset']} {data['split']}, {chosen} (sorted); batch size {cfg.batch_size}; seed {cfg.seed}",
-        f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}); defense: {stages}, head {cfg.head}",
+        f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}); defense: {stages}; head: {_head_text(cfg)}",
         f"- Clean accuracy: undefended {_pct(clean['undefended_accuracy'])}%"
         + (f", defended {_pct(clean['defended_accuracy'])}% (one draw per image)" if cfg.stages else ""),
         "",

@@ -53,7 +53,8 @@ class Prepared:
     y: torch.Tensor
     indices: np.ndarray
     classes: tuple[str, ...]
-    classifier: torch.nn.Module
+    classifier: torch.nn.Module        # what is evaluated: the model, with its WNLL head when there is one
+    attack_classifier: torch.nn.Module # what attacks differentiate (the classifier, or the head's surrogate)
     pipeline: Pipeline | None          # None: no [defense] (every threat model is "none")
     full: Pipeline | None
     cells: list[Cell]
@@ -127,11 +128,54 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     except PurifyError as e:
         raise _error(cfg, "model.pretrained", str(e)) from None
     model = model.to(dev).eval().requires_grad_(False)
+    classifier, attack_classifier = _with_head(cfg, model, dev, len(ds.classes))
     x, y = ds.tensors(indices)
     base = base_key(cfg, indices)
+    if cfg.head != "softmax":     # cells made with other head weights are recomputed, not reused
+        base["model"]["head"]["sha256"] = classifier.head.sha256
     pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
-    return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=model,
-                    pipeline=pipeline, full=full, cells=expand_cells(cfg, base), base=base)
+    return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=classifier,
+                    attack_classifier=attack_classifier, pipeline=pipeline, full=full,
+                    cells=expand_cells(cfg, base), base=base)
+
+
+class _Surrogate(torch.nn.Module):
+    """The WNLL head's linear branch on the backbone's features: the paper's attack surrogate."""
+
+    def __init__(self, model: torch.nn.Module, head) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.surrogate_logits(self.model.features(x))
+
+
+def _with_head(cfg: RunConfig, model: torch.nn.Module, dev: torch.device,
+               num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(evaluated classifier, attacked classifier) for the config's head."""
+    if cfg.head == "softmax":
+        return model, model
+    from purify.pipeline import DefendedClassifier
+    from purify.wnll import WNLLHead
+
+    hp = cfg.head_params
+    try:
+        head = WNLLHead.load(hp["artifact"], mode=hp["mode"], k=hp.get("k"), k_sigma=hp.get("k_sigma"), device=dev)
+    except PurifyError as e:
+        raise _error(cfg, "defense.head_params", str(e)) from None
+    if head.num_classes != num_classes:
+        raise _error(cfg, "defense.head_params.artifact", f"the head has {head.num_classes} classes, "
+                     f"{cfg.data['dataset']} has {num_classes}")
+    backbone = head.meta.get("backbone")
+    if backbone is not None and backbone != cfg.model["name"]:
+        raise _error(cfg, "defense.head_params.artifact", f"the head was built on {backbone} features, the config's "
+                     f"model is {cfg.model['name']}; use a head made for it")
+    classifier = DefendedClassifier(None, model, head=head).eval()
+    if cfg.attack_through == "head":
+        return classifier, classifier
+    if head.surrogate is None:           # a plain head: the surrogate is the backbone's own softmax classifier
+        return classifier, model
+    return classifier, _Surrogate(model, head).eval()
 
 
 def _generator(device: torch.device, *parts: Any) -> torch.Generator:
@@ -224,7 +268,7 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
     bs = p.cfg.batch_size
     for b, xb, yb in _batches(p):
         t0 = time.perf_counter()
-        model_fn, counted = attack_model_fn(first.threat_model, p.classifier, p.pipeline, p.full,
+        model_fn, counted = attack_model_fn(first.threat_model, p.attack_classifier, p.pipeline, p.full,
                                             _generator(p.device, p.cfg.seed, "attack-defense", first.attack_hash, b),
                                             first.eot_samples)
         x_adv = run_attack(first.attack, model_fn, xb, yb, eps=first.eps.value if first.eps else None,

@@ -15,13 +15,17 @@ from typing import Any
 from purify.errors import PurifyError
 
 __all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "EOT_THREAT_MODELS",
-           "HEADS", "DEFAULT_EOT_SAMPLES", "Eps", "AttackEntry", "RunConfig", "Ctx"]
+           "HEADS", "ATTACK_THROUGH", "HEAD_PARAM_KEYS", "DEFAULT_EOT_SAMPLES", "Eps", "AttackEntry", "RunConfig", "Ctx"]
 
 THREAT_MODELS = ("none", "transfer", "bpda", "eot", "bpda+eot", "full")
 #: Threat models whose adversarial examples are made on the undefended classifier (shared per attack x eps).
 UNDEFENDED_SOURCE = ("none", "transfer")
 EOT_THREAT_MODELS = ("eot", "bpda+eot")
-HEADS = ("softmax",)
+HEADS = ("softmax", "wnll")
+# What the attacker differentiates when the head is WNLL: the head itself, or the linear branch trained
+# beside it (the paper's white-box attack).
+ATTACK_THROUGH = ("head", "surrogate")
+HEAD_PARAM_KEYS = ("artifact", "mode", "k", "k_sigma")
 DEFAULT_EOT_SAMPLES = 10
 
 
@@ -100,6 +104,8 @@ class RunConfig:
     examples: dict[str, Any] | None
     paper: dict[str, Any] | None
     is_quick: bool = False
+    head_params: dict[str, Any] = field(default_factory=dict)     # WNLL: artifact, mode, k, k_sigma
+    attack_through: str = "head"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

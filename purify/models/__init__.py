@@ -1,11 +1,11 @@
-"""Classifiers with pretrained weights: CIFAR-10 ResNet-20 / ResNet-56.
+"""Classifiers with pretrained weights: CIFAR-10 ResNet-20 / ResNet-56, and the shipped small CNN.
 
 Every model from :func:`create_model` takes images in [0, 1] (normalization is inside) and is
 returned in eval mode::
 
     >>> from purify.models import create_model, list_models
     >>> list_models()
-    ['resnet20', 'resnet56']
+    ['resnet20', 'resnet56', 'small_cnn_cifar10']
     >>> model = create_model("resnet20")  # pretrained=True loads the sha256-checked checkpoint
 """
 
@@ -14,16 +14,20 @@ from purify.models.factory import ModelConfig, create_model, get_model_config, l
 from purify.models.loading import load_checkpoint, resolve_weights
 from purify.models.normalize import Normalized
 from purify.models.resnet_cifar import BasicBlock, CifarResNet
+from purify.models.small_cnn import PackagedConfig, SmallCNN, load_packaged
 
 __all__ = [
     "BasicBlock",
     "CifarResNet",
     "ModelConfig",
     "Normalized",
+    "PackagedConfig",
+    "SmallCNN",
     "count_correct",
     "create_model",
     "get_model_config",
     "list_models",
+    "load_packaged",
     "load_checkpoint",
     "resolve_weights",
 ]

@@ -23,6 +23,7 @@ from purify.errors import DTypeError
 from purify.models.loading import load_checkpoint, resolve_weights, upstream_file_name
 from purify.models.normalize import Normalized
 from purify.models.resnet_cifar import CifarResNet
+from purify.models.small_cnn import PackagedConfig, load_packaged, packaged_config
 
 __all__ = ["ModelConfig", "create_model", "list_models", "get_model_config"]
 
@@ -86,18 +87,23 @@ _REGISTRY: dict[str, ModelConfig] = {
 }
 
 
+# Models whose weights ship inside the package (purify/weights, made by purify.training): the
+# safetensors file is sha256-checked against its json config on load.
+_PACKAGED = ("small_cnn_cifar10",)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted.
 
     Example:
         >>> list_models()
-        ['resnet20', 'resnet56']
+        ['resnet20', 'resnet56', 'small_cnn_cifar10']
     """
-    return sorted(_REGISTRY)
+    return sorted((*_REGISTRY, *_PACKAGED))
 
 
-def get_model_config(name: str) -> ModelConfig:
-    """The :class:`ModelConfig` registered under ``name``.
+def get_model_config(name: str) -> ModelConfig | PackagedConfig:
+    """The :class:`ModelConfig` registered under ``name`` (a :class:`PackagedConfig` for shipped models).
 
     Raises:
         UnknownNameError: the message lists the registered names.
@@ -107,7 +113,7 @@ def get_model_config(name: str) -> ModelConfig:
         56
     """
     check_choice("get_model_config", name, name="model name", choices=list_models())
-    return _REGISTRY[name]
+    return packaged_config(name) if name in _PACKAGED else _REGISTRY[name]
 
 
 def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.PathLike | None = None,
@@ -129,7 +135,8 @@ def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.
         map_location: ``torch.load``'s ``map_location``; the model itself is built on the CPU.
 
     Shape:
-        x: (B, 3, 32, 32) floating in [0, 1]; output: logits (B, 10); ``features``: (B, 64).
+        x: (B, 3, 32, 32) floating in [0, 1]; output: logits (B, 10); ``features``: (B, 64) for the
+        ResNets, (B, 128) for ``small_cnn_cifar10``.
 
     Raises:
         UnknownNameError, DataNotFoundError (no weights found), ChecksumError (sha256 mismatch),
@@ -142,10 +149,15 @@ def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.
         >>> model = create_model("resnet56", pretrained=True, data_dir="../shared/data")  # doctest: +SKIP
     """
     fn = "create_model"
-    cfg = get_model_config(name)
+    check_choice(fn, name, name="model name", choices=list_models())
     for arg, value in (("pretrained", pretrained), ("download", download)):
         if not isinstance(value, bool):
             raise DTypeError(f"{fn}: expected {arg} to be a bool, got {type(value).__name__}")
+    if name in _PACKAGED:
+        if weights_path is not None:
+            raise DTypeError(f"{fn}: {name!r} loads its weights from the package; weights_path is for the ResNets")
+        return load_packaged(name, pretrained=pretrained)
+    cfg = get_model_config(name)
     net = CifarResNet(cfg.depth, num_classes=cfg.num_classes)
     if pretrained or weights_path is not None:
         path = resolve_weights(cfg, weights_path=weights_path, data_dir=data_dir, download=download)

@@ -1,0 +1,244 @@
+"""Open Inference Protocol (KServe v2) bodies: JSON tensors, Triton's binary-tensor extension, compression.
+
+A request body is a JSON header, optionally followed by raw tensor bytes. When binary data
+follows, the header's length is in the ``Inference-Header-Content-Length`` HTTP header and each
+binary input declares ``parameters.binary_data_size``; the inputs' bytes follow in input order.
+Responses mirror that: outputs asked for with ``binary_data`` (or the request-level
+``binary_data_output``) are appended as bytes after the JSON header.
+
+Example:
+    >>> body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 1]}]})
+    >>> req = parse_request(body.encode(), header_length=None)
+    >>> req.inputs["x"].array
+    array([[0.5, 1. ]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import BadRequest, PayloadTooLarge
+
+__all__ = ["DTYPES", "InferRequest", "RequestedOutput", "Tensor", "decode_body", "encode_body",
+           "parse_request", "encode_response"]
+
+# v2 datatype name -> numpy dtype (BYTES is handled on its own).
+DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+    classification: int = 0      # Triton's classification extension: top-k as "score:index:label"
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, Tensor]
+    parameters: dict[str, Any]
+    outputs: list[RequestedOutput] | None       # None: every output
+    binary_output: bool                          # request-level binary_data_output
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_body(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` gzip / deflate (zlib stream, as Triton and its client use), bounded by ``limit``.
+
+    Example:
+        >>> decode_body(gzip.compress(b"abc"), "gzip", limit=10)
+        b'abc'
+    """
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    # wbits: 31 = gzip container, 15 = zlib container; max_length bounds a decompression bomb.
+    d = zlib.decompressobj(31 if encoding == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise BadRequest(f"request body is not valid {encoding} data: {err}") from err
+    if len(out) > limit:
+        raise PayloadTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+    if not d.eof:
+        raise BadRequest(f"request body is truncated {encoding} data")
+    return out
+
+
+def encode_body(body: bytes, accept: str | None) -> tuple[bytes, str | None]:
+    """Compress a response body when ``Accept-Encoding`` asks for gzip or deflate."""
+    accepted = {p.split(";")[0].strip() for p in (accept or "").split(",")}
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=1), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 1), "deflate"
+    return body, None
+
+
+def _header_length(value: str | None, total: int) -> int:
+    if value is None:
+        return total
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length must be an integer, got {value!r}") from None
+    if not 0 < n <= total:
+        raise BadRequest(f"Inference-Header-Content-Length {n} does not fit a body of {total} bytes")
+    return n
+
+
+def parse_request(body: bytes, *, header_length: str | None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON + binary tensors); raises BadRequest with the reason."""
+    n = _header_length(header_length, len(body))
+    try:
+        header = json.loads(body[:n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"malformed JSON in the request header: {err}") from None
+    if not isinstance(header, dict):
+        raise BadRequest(f"expected the request to be a JSON object, got {type(header).__name__}")
+    inputs_raw = header.get("inputs")
+    if not isinstance(inputs_raw, list) or not inputs_raw:
+        raise BadRequest("expected 'inputs' to be a non-empty list of tensors")
+    params = header.get("parameters", {})
+    if not isinstance(params, dict):
+        raise BadRequest(f"expected 'parameters' to be an object, got {type(params).__name__}")
+    req_id = header.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise BadRequest(f"expected 'id' to be a string, got {type(req_id).__name__}")
+    binary = memoryview(body)[n:]
+    offset = 0
+    inputs: dict[str, Tensor] = {}
+    for item in inputs_raw:
+        tensor, used = _parse_input(item, binary, offset)
+        if tensor.name in inputs:
+            raise BadRequest(f"input {tensor.name!r} given twice")
+        inputs[tensor.name] = tensor
+        offset += used
+    if offset != len(binary):
+        raise BadRequest(f"binary data is {len(binary)} bytes but the inputs declare {offset} "
+                         "(binary_data_size); the payload is longer than declared")
+    params = dict(params)
+    binary_output = params.pop("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise BadRequest("expected parameters.binary_data_output to be a boolean")
+    return InferRequest(req_id, inputs, params, _parse_outputs(header.get("outputs")), binary_output)
+
+
+def _parse_input(item: object, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+    if not isinstance(item, dict):
+        raise BadRequest(f"expected each input to be an object, got {type(item).__name__}")
+    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    if not isinstance(name, str):
+        raise BadRequest("expected each input to have a string 'name'")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                              for s in shape):
+        raise BadRequest(f"input {name!r}: expected 'shape' to be a list of non-negative ints, got {shape!r}")
+    if datatype not in DTYPES:
+        raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; expected one of {', '.join(DTYPES)}")
+    dtype = DTYPES[datatype]
+    count = math.prod(shape)
+    params = item.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative int, got {size!r}")
+        if size != count * dtype.itemsize:
+            raise BadRequest(f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
+                             f"{datatype} ({count * dtype.itemsize} bytes)")
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: declares {size} bytes of binary data but only "
+                             f"{len(binary) - offset} remain; the payload is shorter than declared")
+        array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+        return Tensor(name, datatype, tuple(shape), array), size
+    data = item.get("data")
+    if data is None:
+        raise BadRequest(f"input {name!r}: no 'data' and no binary_data_size")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise BadRequest(f"input {name!r}: 'data' is not a list of {datatype} values ({err})") from None
+    if array.size != count:
+        raise BadRequest(f"input {name!r}: 'data' has {array.size} values, shape {shape} needs {count}")
+    return Tensor(name, datatype, tuple(shape), array.reshape(shape)), 0
+
+
+def _parse_outputs(raw: object) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise BadRequest("expected 'outputs' to be a list of objects")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest("expected each requested output to be an object with a string 'name'")
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest(f"output {item['name']!r}: expected 'parameters' to be an object")
+        unknown = sorted(set(params) - {"binary_data", "classification"})
+        if unknown:
+            raise BadRequest(f"output {item['name']!r}: unknown parameter(s) {unknown}; "
+                             "supported: binary_data, classification")
+        binary, k = params.get("binary_data", False), params.get("classification", 0)
+        if not isinstance(binary, bool) or isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise BadRequest(f"output {item['name']!r}: binary_data must be a boolean and classification an int >= 0")
+        out.append(RequestedOutput(item["name"], binary, k))
+    return out
+
+
+def _bytes_payload(array: np.ndarray) -> bytes:
+    """Triton's BYTES serialization: each element as a 4-byte little-endian length and its bytes."""
+    parts = []
+    for item in array.reshape(-1):
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(len(raw).to_bytes(4, "little") + raw)
+    return b"".join(parts)
+
+
+def encode_response(model: str, version: str, request_id: str | None,
+                    outputs: list[tuple[str, str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
+    """Build a response body from ``(name, datatype, array, binary)`` tuples.
+
+    Returns the body and the JSON header's length (None when nothing is binary).
+    """
+    tensors, chunks = [], []
+    for name, datatype, array, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw = _bytes_payload(array) if datatype == "BYTES" else np.ascontiguousarray(
+                array, dtype=DTYPES[datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = [v.decode() if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        tensors.append(entry)
+    head: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": tensors}
+    if request_id is not None:
+        head["id"] = request_id
+    header = json.dumps(head, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return header + b"".join(chunks), len(header)

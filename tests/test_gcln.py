@@ -1,0 +1,259 @@
+"""The generative cleaning network: architecture, straight-through quantization, artifact, training recipe.
+
+Everything here runs on random tensors and tiny networks (no data directory, no downloads).
+Golden outputs of the shipped generator come with its weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from purify import (ChecksumError, DataNotFoundError, NonDifferentiableError, Pipeline, PurifyError,
+                    UnknownNameError, get_purifier_spec, purify)
+from purify.dct import block_dct2d, block_idct2d, dct_quantize
+from purify.gcln import (GCLN, AttackDetector, CleaningGenerator, count_flops, count_parameters, gcln_purify,
+                         load_generator, save_generator)
+from purify.training import gcln as training
+
+
+def _randomized(seed: int = 0, **kw) -> CleaningGenerator:
+    """A generator whose zero-initialized output convolutions are random too (an untrained G is the quantizer)."""
+    torch.manual_seed(seed)
+    g = CleaningGenerator(**kw)
+    with torch.no_grad():
+        for conv in (g.stem[-1], g.tail):
+            conv.weight.normal_(0, 0.05)
+            conv.bias.normal_(0, 0.01)
+    return g.eval()
+
+
+# ----------------------------------------------------------------------------- architecture
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (3, 3, 64, 48), (1, 3, 37, 31), (0, 3, 32, 32)])
+def test_smoke_fully_convolutional(shape):
+    g = _randomized(width=16, blocks=2)
+    x = torch.rand(shape)
+    out = g(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    if x.numel():
+        assert 0 <= out.min() and out.max() <= 1 and not torch.equal(out, dct_quantize(x, q=10.0))
+    d = AttackDetector(width=8)(x)
+    assert d.shape == (shape[0],)
+
+
+def test_untrained_generator_is_the_quantizer():
+    x = torch.rand(2, 3, 40, 24)
+    assert torch.equal(CleaningGenerator(q=5.0, width=8, blocks=1)(x), dct_quantize(x, q=5.0))
+
+
+def test_batch_consistent():
+    g = _randomized(width=8, blocks=1)
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(g(x)[1:2], g(x[1:2]))
+
+
+def test_stated_cost_matches_the_counters():
+    g = CleaningGenerator()
+    params, flops = count_parameters(g), count_flops(g)
+    assert f"{params:,} parameters" in CleaningGenerator.__doc__
+    assert f"{flops / 1e6:.1f} MFLOPs" in CleaningGenerator.__doc__
+    # conv FLOPs by hand for one layer of the restoration network, 32x32: 2 * 1024 * 48 * 48 * 9
+    one = nn.Conv2d(48, 48, 3, padding=1)
+    assert count_flops(one, (48, 32, 32)) == 2 * 1024 * 48 * 48 * 9
+
+
+# ----------------------------------------------------------------------------- straight-through quantization
+
+def _ste_reference(z: torch.Tensor, *, q: float, block_size: int, ste: bool) -> torch.Tensor:
+    """Rounding in the forward pass, identity in the backward pass (the clip keeps its own gradient)."""
+    scale = 255.0 / q
+    rounded = block_idct2d(torch.round(block_dct2d(z.detach(), block_size=block_size) * scale) / scale,
+                           block_size=block_size)
+    return (z + (rounded - z).detach()).clamp(0.0, 1.0)
+
+
+def test_gradcheck_ste_equals_identity_rounding(monkeypatch):
+    g = _randomized(width=8, blocks=1).double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    w = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+    def grads():
+        g.zero_grad()
+        xg = x.clone().requires_grad_()
+        (g(xg, ste=True) * w).sum().backward()
+        return xg.grad, g.stem[0].weight.grad.clone()
+
+    gx, gw = grads()
+    monkeypatch.setattr("purify.gcln.dct_quantize", _ste_reference)
+    rx, rw = grads()
+    assert gx.abs().sum() > 0 and gw.abs().sum() > 0        # the gradient reaches the stem in front of the quantizer
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+def test_exception_backward_without_ste():
+    g = _randomized(width=8, blocks=1)
+    xg = torch.rand(1, 3, 16, 16, requires_grad=True)
+    with pytest.raises(NonDifferentiableError, match="ste=True"):
+        g(xg).sum().backward()
+
+
+# ----------------------------------------------------------------------------- artifact and purifier
+
+@pytest.fixture
+def artifact(tmp_path):
+    g = _randomized(width=8, blocks=1, q=8.0)
+    path = save_generator(tmp_path / "gen", g, {"training": {"command": "test"}})
+    return g, path
+
+
+def test_module_and_function_agree_with_the_saved_generator(artifact):
+    g, path = artifact
+    x = torch.rand(2, 3, 32, 32)
+    expected = g(x)
+    torch.testing.assert_close(gcln_purify(x, weights=path), expected)
+    torch.testing.assert_close(GCLN(weights=str(path))(x), expected)
+    torch.testing.assert_close(purify(x, "gcln", weights=str(path)), expected)
+    assert json.loads(path.read_text())["q"] == 8.0 and load_generator(path).artifact["q"] == 8.0
+    assert load_generator(path) is load_generator(path.with_suffix(""))            # cached per file and device
+    torch.testing.assert_close(gcln_purify(x, weights=path, q=20.0), g(x, q=20.0))  # q override
+
+
+def test_pipeline_with_tvm_in_front(artifact):
+    _, path = artifact
+    pipe = Pipeline.from_spec(["tvm", ("gcln", {"weights": str(path)})])
+    assert pipe.names == ["tvm", "gcln"] and not pipe.differentiable
+    assert Pipeline.from_spec([("gcln", {"weights": str(path), "ste": True})]).differentiable
+    out = pipe(torch.rand(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32)
+
+
+def test_purifier_gradient_modes(artifact):
+    _, path = artifact
+    xg = torch.rand(2, 3, 32, 32, requires_grad=True)
+    gcln_purify(xg, weights=path, ste=True).sum().backward()
+    assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    with pytest.raises(NonDifferentiableError):
+        gcln_purify(xg, weights=path).sum().backward()
+
+
+def test_exception_checksum_on_tampered_file(tmp_path):
+    path = save_generator(tmp_path / "t", _randomized(width=8, blocks=1), {})
+    st = path.with_suffix(".safetensors")
+    data = bytearray(st.read_bytes())
+    data[-1] ^= 0xFF
+    st.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="sha256"):
+        gcln_purify(torch.rand(1, 3, 8, 8), weights=path)
+
+
+def test_exception_missing_weights_say_how_to_train(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"python -m purify\.training\.gcln"):
+        gcln_purify(torch.rand(1, 3, 8, 8), weights=tmp_path / "absent")
+    with pytest.raises(DataNotFoundError, match="shipped generators"):
+        gcln_purify(torch.rand(1, 3, 8, 8), weights="gcln_no_such_name")
+
+
+def test_registry_entry():
+    spec = get_purifier_spec("gcln")
+    assert spec.params == ("weights", "ste", "q") and not spec.differentiable and not spec.randomized
+    twin = {k: v.default for k, v in inspect.signature(GCLN.__init__).parameters.items() if v.kind == v.KEYWORD_ONLY}
+    assert twin == spec.defaults()
+
+
+# ----------------------------------------------------------------------------- training recipe
+
+def _tiny_classifier() -> nn.Module:
+    """Always predicts class 0 (zero weights, biased head), so every G output counts as correctly classified."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        net[4].weight.zero_()
+        net[4].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    return net.eval()
+
+
+def _split(n: int, seed: int) -> training.Split:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    noise = torch.randint(-8, 9, clean.shape, generator=g)
+    return training.Split(clean, (clean.long() + noise).clamp(0, 255).to(torch.uint8), torch.zeros(n, dtype=torch.long))
+
+
+def _train(tmp_path, epochs, *, resume=False, **kw):
+    torch.manual_seed(0)
+    g, d = CleaningGenerator(width=8, stem_width=8, blocks=1), AttackDetector(width=4)
+    hist = training.train_gcln(g, d, _tiny_classifier(), _split(16, 0), _split(8, 1), epochs=epochs, batch_size=8,
+                               layer="0", d_warmup=1, checkpoint=tmp_path / "ck.pt", resume=resume, progress=False,
+                               **kw)
+    return g, hist
+
+
+def test_training_losses_finite_and_resume_follows_the_same_path(tmp_path):
+    g_full, hist = _train(tmp_path / "a", 2, feedback=True, pool_size=16)
+    assert [h["epoch"] for h in hist] == [1, 2]
+    for key in ("loss_d", "loss_g", "loss_p", "loss_a", "val_attacked", "val_clean"):
+        assert all(torch.isfinite(torch.tensor(h[key])) for h in hist), key
+    assert hist[1]["val_clean"] == 1.0                      # the tiny classifier always answers the true class
+    ck = torch.load(tmp_path / "a" / "ck.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["pool_count"] == 2 * 8 * 3   # 3 G steps after 1 warm-up step, all correct
+    _train(tmp_path / "b", 1, feedback=True, pool_size=16)
+    g_resumed, hist_b = _train(tmp_path / "b", 2, resume=True, feedback=True, pool_size=16)
+    assert [h["epoch"] for h in hist_b] == [1, 2]
+    torch.testing.assert_close(g_resumed.state_dict(), g_full.state_dict())       # the best epoch's weights
+    last_a = torch.load(tmp_path / "a" / "ck.pt", weights_only=True)
+    last_b = torch.load(tmp_path / "b" / "ck.pt", weights_only=True)
+    for part in ("generator", "detector"):                                        # the last epoch's, bit for bit
+        for name, a in last_a[part].items():
+            assert torch.equal(a, last_b[part][name]), (part, name)
+
+
+def test_exception_resume_with_other_settings(tmp_path):
+    _train(tmp_path, 1)
+    with pytest.raises(PurifyError, match="lam"):
+        _train(tmp_path, 2, resume=True, lam=0.9)
+
+
+def test_exception_unknown_perceptual_layer():
+    with pytest.raises(UnknownNameError, match="'logits', '0'"):
+        training.FeatureTap(_tiny_classifier(), "layer9")
+
+
+class _Counted(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_attack_cache_keyed_and_resumable(tmp_path):
+    torch.manual_seed(2)
+    clf = _Counted(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)))
+    x = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 3, (10,))
+    settings = (training.AttackSetting("fgsm", 4), training.AttackSetting("pgd", 8, 3, 0.25, True))
+    run = lambda model=clf, s=settings, data=x: training.cached_attacks(  # noqa: E731
+        model, data, y, settings=s, cache_dir=tmp_path, chunk_size=4, progress=False)
+    adv = run()
+    delta = (adv.long() - x.long()).abs().amax(dim=(1, 2, 3))
+    assert (delta[0::2] <= 4).all() and (delta[1::2] <= 8).all() and (delta[1::2] > 4).any()
+    calls = clf.calls
+    assert torch.equal(run(), adv) and clf.calls == calls           # a second call reads the cache
+    folders = {p.name for p in tmp_path.iterdir()}
+    assert len(folders) == 1
+    (tmp_path / folders.pop() / "chunk_00001.pt").unlink()          # an interrupted run: one chunk missing
+    assert torch.equal(run(), adv) and clf.calls > calls             # remade, identically (seeded per chunk)
+    run(s=settings[:1])
+    run(data=x.flip(0))
+    with torch.no_grad():
+        clf.net[1].bias.add_(1.0)
+    run()
+    assert len(list(tmp_path.iterdir())) == 4                        # settings, data and weights each key a new cache

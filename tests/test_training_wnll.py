@@ -1,0 +1,92 @@
+"""The WNLL training recipe (on synthetic features) and the shipped WNLL heads (on real images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from purify.training import wnll as training
+from purify.wnll import WNLLHead, make_buffer
+
+WEIGHTS = Path(training.__file__).resolve().parents[1] / "weights"
+
+
+def _blobs(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    centers = 2.0 * torch.eye(4, 8)
+    return centers[labels] + 0.6 * torch.randn(n, 8, generator=g), labels
+
+
+def test_train_buffer_learns_and_records_history():
+    x, y = _blobs(800, 0)
+    vx, vy = _blobs(200, 1)
+    buffer, linear, history = training.train_buffer(x, y, vx, vy, dim=16, epochs=4, batch_size=64, wnll_batch=200,
+                                                    wnll_templates=40, lr=0.05, seed=0, progress=False)
+    assert [h["phase"] for h in history] == ["linear", "wnll", "linear", "wnll"]
+    assert history[-1]["val_linear"] > 0.9 and history[-1]["val_wnll_500"] > 0.9, history
+    assert isinstance(buffer[0], torch.nn.Linear) and linear.out_features == 4
+
+
+def test_wnll_phase_trains_the_buffer_not_the_linear_branch():
+    x, y = _blobs(400, 2)
+    torch.manual_seed(0)                   # train_buffer's own seeding: the buffer first, then the linear branch
+    buffer0, linear0 = make_buffer(8, 8), torch.nn.Linear(8, 4)
+    buffer, linear, _ = training.train_buffer(x, y, x[:100], y[:100], dim=8, epochs=1, batch_size=64, wnll_batch=200,
+                                              wnll_templates=40, lr=0.1, seed=0, schedule=("wnll",), progress=False)
+    assert torch.equal(linear.weight, linear0.weight) and torch.equal(linear.bias, linear0.bias)
+    assert not torch.equal(buffer[0].weight, buffer0[0].weight)
+
+
+def test_build_head_balanced_and_saved(tmp_path):
+    x, y = _blobs(400, 3)
+    head = training.build_head(make_buffer(8, 6), x, y, per_class=5, seed=0, classes=["a", "b", "c", "d"],
+                               meta={"backbone": "toy"}, surrogate=torch.nn.Linear(6, 4))
+    assert torch.bincount(head.template_labels).tolist() == [5, 5, 5, 5]
+    back = WNLLHead.load(head.save(tmp_path / "h"))
+    torch.testing.assert_close(back.surrogate_logits(x[:3]), head.surrogate_logits(x[:3]))
+    assert back.template_meta["class_names"] == ["a", "b", "c", "d"]
+
+
+def test_cached_features_reuses_only_a_cache_of_the_same_weights(tmp_path, monkeypatch):
+    from purify.models import get_model_config
+
+    sha = get_model_config("resnet20").sha256
+    path = tmp_path / "resnet20_cifar10_val.pt"
+    torch.save({"features": torch.ones(3, 64), "labels": torch.arange(3), "weights_sha256": sha}, path)
+    f, y = training.cached_features("resnet20", "val", data_dir=None, cache_dir=tmp_path)
+    assert torch.equal(f, torch.ones(3, 64)) and y.tolist() == [0, 1, 2]
+
+    class Recomputed(Exception):
+        pass
+
+    def boom(*a, **k):
+        raise Recomputed
+
+    monkeypatch.setattr("purify.models.create_model", boom)
+    torch.save({"features": torch.ones(3, 64), "labels": torch.arange(3), "weights_sha256": "0" * 64}, path)
+    with pytest.raises(Recomputed):
+        training.cached_features("resnet20", "val", data_dir=None, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet56_wnll", "resnet56_wnll_plain"])
+def test_shipped_head_loads_and_classifies_real_images(name, data_dir):
+    from purify.data import load_dataset
+    from purify.models import create_model
+    from purify.pipeline import DefendedClassifier
+
+    cfg = json.loads((WEIGHTS / f"{name}.json").read_text())
+    assert cfg["backbone"] == "resnet56" and cfg["templates"]["per_class"] == 50
+    head = WNLLHead.load(name)
+    assert len(head.template_labels) == 500 and head.mode == "inductive"
+    assert (head.buffer is None) == (name == "resnet56_wnll_plain")
+    model = create_model("resnet56", pretrained=True, data_dir=data_dir)
+    x, y = load_dataset("cifar10", "test", data_dir=data_dir).tensors(slice(0, 64))
+    with torch.no_grad():
+        wnll = DefendedClassifier(None, model, head=head)(x).argmax(1)
+        softmax = model(x).argmax(1)
+    assert (wnll == y).float().mean() >= 0.85
+    assert (wnll == softmax).float().mean() >= 0.9
