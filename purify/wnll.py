@@ -295,12 +295,26 @@ def knn(a: Tensor, b: Tensor, k: int, *, exclude_self: bool = False,
         ([1, 0, 1], [1.0, 1.0, 2.0])
     """
     rows = max(1, chunk_elements // max(1, b.shape[0]))
+    # Without autograd, one distance buffer is reused for every chunk: allocating a fresh block per
+    # chunk makes glibc's heap grow by gigabytes over a 50,000 x 50,000 graph (its mmap threshold
+    # adapts upwards and the freed blocks stay in the heap; benchmarks/results/wnll_scaling.md).
+    reuse = not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+    if reuse:
+        buf = a.new_empty(min(rows, a.shape[0]), b.shape[0])
+        b_sq = (b * b).sum(1)
     dists, idxs = [], []
     for start in range(0, a.shape[0], rows):
-        d = torch.cdist(a[start:start + rows], b)
+        chunk = a[start:start + rows]
+        if reuse:
+            # |x - y|² = |x|² + |y|² - 2 x·y, the formula cdist itself uses for sets this large
+            d = torch.mm(chunk, b.T, out=buf[:chunk.shape[0]])
+            d.mul_(-2).add_((chunk * chunk).sum(1, keepdim=True)).add_(b_sq).clamp_(min=0).sqrt_()
+        else:
+            d = torch.cdist(chunk, b)
         if exclude_self:
             r = torch.arange(d.shape[0], device=d.device)
-            d = d.index_put((r, r + start), torch.tensor(float("inf"), dtype=d.dtype, device=d.device))
+            fill = torch.tensor(float("inf"), dtype=d.dtype, device=d.device)
+            d = d.index_put_((r, r + start), fill) if reuse else d.index_put((r, r + start), fill)
         v, i = torch.topk(d, k, dim=1, largest=False)
         dists.append(v)
         idxs.append(i)
