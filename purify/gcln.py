@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from purify._checks import check_float, check_image_batch, check_int
 from purify.dct import dct_quantize
 from purify.errors import DataNotFoundError, DTypeError, ShapeError
-from purify.wnll import load_artifact, save_artifact
+from purify._artifacts import load_artifact, save_artifact
 
 __all__ = ["CleaningGenerator", "AttackDetector", "count_parameters", "count_flops", "gcln_purify", "GCLN",
            "load_generator", "save_generator", "resolve_generator", "ARTIFACT_FORMAT", "DEFAULT_WEIGHTS",

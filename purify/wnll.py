@@ -48,7 +48,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +56,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from purify._download import sha256_file
+from purify._artifacts import artifact_paths, load_artifact, save_artifact
 from purify._checks import check_choice, check_int
-from purify.errors import ChecksumError, DataNotFoundError, DTypeError, PurifyError, RangeError, ShapeError
+from purify.errors import DataNotFoundError, DTypeError, PurifyError, RangeError, ShapeError
 
 __all__ = ["TemplateSet", "WNLLError", "wnll_interpolate", "WNLLHead", "knn", "DEFAULT_K", "DEFAULT_K_SIGMA"]
 
@@ -231,48 +230,6 @@ def _require(path: object, tensors: Mapping[str, Tensor], keys: tuple[str, ...])
         raise WNLLError(f"{path}: the artifact lacks tensors {missing}; it was not written by purify, or is damaged")
 
 
-def _artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    p = Path(path)
-    if p.suffix in (".json", ".safetensors"):
-        p = p.with_suffix("")
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
-
-
-def save_artifact(path: str | os.PathLike, tensors: Mapping[str, Tensor], config: Mapping[str, Any]) -> Path:
-    """``<path>.safetensors`` with ``tensors`` and ``<path>.json`` with ``config`` plus the file's sha256."""
-    from safetensors.torch import save_file
-
-    st_path, json_path = _artifact_paths(path)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(dict(tensors), str(st_path))
-    cfg = {**config, "weights_file": st_path.name, "sha256": sha256_file(st_path)}
-    json_path.write_text(json.dumps(cfg, indent=1) + "\n")
-    return json_path
-
-
-def load_artifact(path: str | os.PathLike, *, expected_format: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read an artifact written by :func:`save_artifact`, verifying its sha256 before parsing tensors."""
-    from safetensors.torch import load_file
-
-    st_path, json_path = _artifact_paths(path)
-    for p in (json_path, st_path):
-        if not p.is_file():
-            raise DataNotFoundError(f"{p} does not exist; pass the path of a saved artifact (with or without "
-                                    ".json / .safetensors)")
-    try:
-        cfg = json.loads(json_path.read_text())
-    except json.JSONDecodeError as e:
-        raise WNLLError(f"{json_path}: not valid JSON ({e})") from None
-    fmt = cfg.get("format")
-    if fmt != expected_format:
-        raise WNLLError(f"{json_path}: expected an artifact of format {expected_format!r}, got {fmt!r}")
-    actual = sha256_file(st_path)
-    if actual != cfg.get("sha256"):
-        raise ChecksumError(f"{st_path}: sha256 {actual} does not match {cfg.get('sha256')} recorded in "
-                            f"{json_path.name}; the file is damaged or was replaced; re-create or re-download it")
-    return load_file(str(st_path)), cfg
-
-
 # ----------------------------------------------------------------------------------------------
 # The graph and the solve
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +255,8 @@ def knn(a: Tensor, b: Tensor, k: int, *, exclude_self: bool = False,
     # Without autograd, one distance buffer is reused for every chunk: allocating a fresh block per
     # chunk makes glibc's heap grow by gigabytes over a 50,000 x 50,000 graph (its mmap threshold
     # adapts upwards and the freed blocks stay in the heap; benchmarks/results/wnll_scaling.md).
-    reuse = not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+    # Tracing (ONNX export) records plain ops: in-place writes into a reused buffer do not export.
+    reuse = not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)) and not torch.jit.is_tracing()
     if reuse:
         buf = a.new_empty(min(rows, a.shape[0]), b.shape[0])
         b_sq = (b * b).sum(1)
@@ -680,7 +638,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 
 def _resolve_shipped(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if not p.suffix and not p.parent.parts and not _artifact_paths(p)[1].is_file():
+    if not p.suffix and not p.parent.parts and not artifact_paths(p)[1].is_file():
         shipped = SHIPPED_DIR / f"{p.name}.json"
         if shipped.is_file():
             return shipped
