@@ -1,12 +1,19 @@
 """Command line of the benchmark harness.
 
     python -m benchmarks list
-    python -m benchmarks run <config-name-or-path> [--quick] [--data-dir DIR] [--out DIR] [--device D] [--threads N]
+    python -m benchmarks run <config-name-or-path> [--quick] [--set KEY=VALUE ...] [--data-dir DIR] [--out DIR]
+                             [--device D] [--threads N]
 
 ``list`` shows the bundled configs of ``benchmarks/configs``; ``run`` runs one and writes
 ``cells.csv``, ``report.md``, ``accuracy_vs_eps.png`` and ``examples.png`` to
 ``benchmarks/results/<name>/`` (``<out>-quick`` with ``--quick``). Finished cells are cached under
 ``<out>/cells/``, so an interrupted run picks up where it stopped.
+
+``--set KEY=VALUE`` (repeatable) changes the config before it is checked: KEY is a dotted path into
+the TOML document (integers index arrays), VALUE a TOML value or else a plain string. A
+quantization sweep, one output folder per value::
+
+    python -m benchmarks run gcln_table --set defense.stages.0.params.q=5 --out benchmarks/results/gcln_q_sweep/q5
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run one config")
     r.add_argument("config", help="a bundled config name (see `list`) or a path to a .toml file")
     r.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides; writes to <out>-quick")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value before it is checked, e.g. --set data.count=200 or "
+                        "--set defense.stages.0.params.q=5 (repeatable; VALUE is TOML, else a string)")
     r.add_argument("--data-dir", default=None, help="folder with the datasets and weights/ (default: $PURIFY_DATA_DIR)")
     r.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<config name>)")
     r.add_argument("--device", default=None, help="'auto', 'cpu' or 'cuda[:N]' (default: the config's)")
@@ -43,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv)
         result = run(args.config, quick=args.quick, data_dir=args.data_dir, out=args.out, device=args.device,
-                     progress=not args.no_progress, command=command, threads=args.threads)
+                     progress=not args.no_progress, command=command, threads=args.threads,
+                     overrides=args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def load_rows(folders: list[Path]) -> list[dict]:
     for folder in folders:
         with open(folder / "cells.csv") as f:
             for r in csv.DictReader(f):
-                if r["threat_model"] in ("none", "transfer") or not r["iters"]:
+                if r["threat_model"] in ("none", "transfer", "substitute", "blackbox") or not r["iters"]:
                     continue
                 r["source"] = folder.name
                 r["iters"] = int(r["iters"])
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.folders[0]
     command = "python -m benchmarks.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
     text = ["# Convergence of the adaptive attacks", "", f"- Command: `{command}`",
-            "- Rows: every adaptive cell (not `none` / `transfer`) of the runs; each run's `report.md` has its "
+            "- Rows: every adaptive cell (not `none`, `transfer`, `substitute` or `blackbox`) of the runs; each run's `report.md` has its "
             "machine, date and settings.", "", *convergence_table(rows), "", "![convergence](convergence.png)", ""]
     (out / "convergence.md").write_text("\n".join(text))
     plot(rows, out / "convergence.png")

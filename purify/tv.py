@@ -305,9 +305,14 @@ def _pdhg_numba(x: Tensor, keep: Tensor, tau: Tensor, sig: Tensor, lam: Tensor, 
 
     with _NUMBA_LAUNCH:
         # Follow torch's thread setting, so one knob (torch.set_num_threads) controls both backends.
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        torch_threads = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
         z, _ = kernel.run_pdhg_planes(planes(x), planes(keep), per_plane(tau), per_plane(sig),
                                       per_plane(lam), rho=_RELAXATION, iters=iters, tol=tol)
+        # numba's OpenMP layer shares the OpenMP runtime with torch and resets its thread count to
+        # NUMBA_NUM_THREADS when it starts its pool; put torch's setting back.
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     return torch.from_numpy(z).reshape(b, c, h, w)
 
 

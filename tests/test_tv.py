@@ -128,6 +128,17 @@ class TestBackendsAndBatching:
         b = tv_minimize(x, weight=weight, mask=mask, backend="torch")
         assert torch.allclose(a, b, atol=1e-4 if dtype == torch.float32 else 1e-10)
 
+    def test_numba_launch_keeps_torch_thread_setting(self):
+        # numba's OpenMP pool start used to reset torch's thread count to NUMBA_NUM_THREADS.
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            for _ in range(2):
+                tv_minimize(torch.rand(2, 3, 8, 8), backend="numba")
+                assert torch.get_num_threads() == 1
+        finally:
+            torch.set_num_threads(before)
+
     @pytest.mark.parametrize("backend", BACKENDS)
     def test_batch_consistency(self, backend, rng):
         x = torch.rand(3, 3, 12, 9, generator=rng)

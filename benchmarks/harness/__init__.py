@@ -2,6 +2,7 @@
 
     python -m benchmarks list
     python -m benchmarks run quick_demo --quick --data-dir ../shared/data
+    python -m benchmarks run gcln_table --set defense.stages.0.params.q=5 --out benchmarks/results/gcln_q_sweep/q5
 
 From Python::
 
@@ -11,14 +12,17 @@ From Python::
     ['fgsm', 'pgd']
 
 Modules: :mod:`~benchmarks.harness.config` (parsing, checks, ``ConfigError``),
-:mod:`~benchmarks.harness.cells` (cells, cache keys), :mod:`~benchmarks.harness.threats`
-(threat models), :mod:`~benchmarks.harness.runner` (the batched loop), and
-:mod:`~benchmarks.harness.report` (csv, markdown, plots).
+:mod:`~benchmarks.harness.overrides` (``--set`` and ``[quick]``), :mod:`~benchmarks.harness.cells`
+(cells, cache keys), :mod:`~benchmarks.harness.threats` (threat models),
+:mod:`~benchmarks.harness.runner` (the batched loop), and :mod:`~benchmarks.harness.report` (csv,
+markdown, plots).
 """
 
 from __future__ import annotations
 
+import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -41,8 +45,11 @@ def bundled_configs() -> list[tuple[str, str]]:
 
 def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None = None,
         out: str | Path | None = None, device: str | None = None, progress: bool = True,
-        command: str | None = None, threads: int | None = None) -> RunResult:
+        command: str | None = None, threads: int | None = None, overrides: Sequence[str] = ()) -> RunResult:
     """Run one config; outputs go to ``out`` (default ``benchmarks/results/<name>``), ``-quick`` appended for ``quick``.
+
+    ``overrides`` are ``--set`` options (``["defense.stages.0.params.q=5"]``), applied to the
+    config's document before it is checked; see :mod:`benchmarks.harness.overrides`.
 
     Every check (config, data directory, files, shapes, device) runs before the first attack.
     ``threads`` sets ``torch.set_num_threads`` (which the TV solver's numba kernel follows too) for
@@ -54,7 +61,7 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
             file and the key.
     """
     t0 = time.perf_counter()
-    cfg = load_config(config, quick=quick)
+    cfg = load_config(config, quick=quick, overrides=overrides)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"{cfg.path}: --threads: expected an integer >= 1, got {threads!r}")
@@ -72,7 +79,9 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
         from benchmarks.harness.runner import example_cell
         plot_examples(result.examples, f"{cfg.name}: {example_cell(prepared).label}", out_dir / "examples.png")
         files.append("examples.png")
-    command = command or f"python -m benchmarks run {config}{' --quick' if quick else ''}"
+    if not command:
+        opts = (["--quick"] if quick else []) + [f"--set {shlex.quote(o)}" for o in overrides]
+        command = " ".join(["python -m benchmarks run", shlex.quote(str(config)), *opts])
     result.wall_s = time.perf_counter() - t0
     write_report(out_dir / "report.md", cfg=cfg, prepared=prepared, result=result, command=command,
                  total_wall_s=result.wall_s, ste=ste_stages(cfg.stages) if any(c.threat_model in ("full", "eot") for c in prepared.cells) else [],

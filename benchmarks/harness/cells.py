@@ -1,10 +1,11 @@
 """Cells: one (attack, eps, threat model, swept parameters) combination, its cache key and cache file.
 
 A cell's key holds everything its numbers depend on: the images (dataset, split and the sha256 of
-the resolved indices), the model, the defense (left out under ``none``, which never sees it), the
-attack and its resolved parameters, eps, the threat model, the EOT sample count, the run seed and
-the batch size (randomness is drawn per batch). Descriptions, paper numbers and output paths are
-not part of it. The cache file is ``<out>/cells/<slug>-<sha256(key)[:16]>.json``.
+the resolved indices), the model, the defense (left out under ``none`` and ``substitute``, which
+never see it), the substitute model (only under ``substitute`` and ``blackbox``, the cells that
+attack it), the attack and its resolved parameters, eps, the threat model, the EOT sample count,
+the run seed and the batch size (randomness is drawn per batch). Descriptions, paper numbers and
+output paths are not part of it. The cache file is ``<out>/cells/<slug>-<sha256(key)[:16]>.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness.config import EOT_THREAT_MODELS, UNDEFENDED_SOURCE, AttackEntry, Eps, RunConfig
+from benchmarks.harness.config import (EOT_THREAT_MODELS, SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, UNDEFENDED_SOURCE,
+                                      AttackEntry, Eps, RunConfig)
 
 __all__ = ["CACHE_VERSION", "Cell", "expand_cells", "group_jobs", "base_key", "key_hash", "derive_seed",
            "read_json", "write_json"]
@@ -60,11 +62,16 @@ class Cell:
 
     @property
     def attack_hash(self) -> str:
-        """Identifies the adversarial examples: shared by the ``none`` and ``transfer`` cells of one attack."""
-        if self.threat_model not in UNDEFENDED_SOURCE:
+        """Identifies the adversarial examples: shared by the ``none`` and ``transfer`` cells of one attack,
+        and by its ``substitute`` and ``blackbox`` cells."""
+        if self.threat_model in UNDEFENDED_SOURCE:
+            source = "undefended"
+        elif self.threat_model in SUBSTITUTE_SOURCE:
+            source = "substitute"
+        else:
             return self.hash
         key = {k: v for k, v in self.key.items() if k not in ("defense", "threat_model")}
-        return key_hash({**key, "source": "undefended"})
+        return key_hash({**key, "source": source})
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -112,7 +119,9 @@ def expand_cells(cfg: RunConfig, base: dict[str, Any]) -> list[Cell]:
                 params = _resolved_params(entry, eps, combo)
                 for tm in entry.threat_models:
                     for n in entry.eot_samples if tm in EOT_THREAT_MODELS else (None,):
-                        key = {k: v for k, v in base.items() if not (k == "defense" and tm == "none")}
+                        key = {k: v for k, v in base.items() if not (k == "defense" and tm in UNDEFENDED_EVAL)}
+                        if tm in SUBSTITUTE_SOURCE:
+                            key["substitute"] = dict(cfg.substitute)
                         key.update(attack=entry.name, params=params, eps=eps.value if eps else None,
                                    threat_model=tm, eot_samples=n)
                         cells.append(Cell(entry.id, entry.name, entry.norm, eps, tm, params, n, key, key_hash(key)))
@@ -120,7 +129,7 @@ def expand_cells(cfg: RunConfig, base: dict[str, Any]) -> list[Cell]:
 
 
 def group_jobs(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells that share adversarial examples (``none`` and ``transfer`` of one attack) form one job."""
+    """Cells that share adversarial examples (see :attr:`Cell.attack_hash`) form one job."""
     jobs: dict[str, list[Cell]] = {}
     for c in cells:
         jobs.setdefault(c.attack_hash, []).append(c)

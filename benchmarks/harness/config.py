@@ -20,6 +20,10 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     name = "resnet56"
     pretrained = true
 
+    [substitute]                         # optional: the model the substitute / blackbox threat models attack
+    name = "resnet20"                    # a model of purify.models for the same dataset as [model]
+    pretrained = true
+
     [defense]
     head = "softmax"                     # or "wnll", with:
     head_params = { artifact = "resnet56_wnll", mode = "inductive" }   # a shipped name or a path; k, k_sigma
@@ -30,7 +34,7 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     name = "pgd"                         # fgsm, bim, pgd, cw_l2, deepfool
     id = "pgd"                           # optional, default: name; must be unique
     eps = ["8/255", 0.02]                # numbers or "p/q" strings; none for cw_l2 / deepfool
-    threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full
+    threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full, substitute, blackbox
     eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
     params = { step_ratio = 0.25, iters = [10, 50] }
 
@@ -39,25 +43,31 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
 
     [paper]                              # optional: the paper's numbers, shown next to ours
     [quick]                              # optional: overrides applied by --quick
+
+``--set KEY=VALUE`` (``load_config(..., overrides=[...])``) changes the document before any of this
+is checked; see :mod:`benchmarks.harness.overrides`.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.overrides import apply_overrides, apply_quick, check_quick
 from benchmarks.harness.schema import (ATTACK_THROUGH, ATTACKS, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HEAD_PARAM_KEYS,
-                                       HEADS, THREAT_MODELS, UNDEFENDED_SOURCE, AttackEntry, AttackSpec, ConfigError,
-                                       Ctx, Eps, RunConfig)
+                                       HEADS, SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL, UNDEFENDED_SOURCE,
+                                       AttackEntry, AttackSpec, ConfigError, Ctx, Eps, RunConfig)
 from purify.errors import PurifyError
 
-__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "EOT_THREAT_MODELS",
-           "AttackEntry", "RunConfig", "Eps", "load_config", "parse_config"]
+__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
+           "UNDEFENDED_EVAL", "EOT_THREAT_MODELS", "AttackEntry", "RunConfig", "Eps", "load_config", "parse_config"]
 
-_TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "model", "defense", "attacks",
-             "examples", "paper", "quick"}
-_REQUIRED_TOP = ("description", "data", "model", "attacks")     # defense: unless every threat model is "none"
+_TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "model", "substitute", "defense",
+             "attacks", "examples", "paper", "quick"}
+# defense: unless every threat model is "none" / "substitute"; substitute: when one is "substitute" / "blackbox"
+_REQUIRED_TOP = ("description", "data", "model", "attacks")
 _DATA_KEYS = {"dataset", "split", "count", "seed", "indices"}
 _MODEL_KEYS = {"name", "pretrained"}
 _DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
@@ -66,8 +76,6 @@ _ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
 _EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
 _PAPER_KEYS = {"source", "clean", "note", "results"}
 _PAPER_RESULT_KEYS = {"attack", "threat_model", "label", "eps", "accuracy", "note"}
-_QUICK_KEYS = {"batch_size", "data", "attacks", "examples"}
-_QUICK_ATTACK_KEYS = {"eps", "threat_models", "eot_samples", "params"}
 
 
 def _find(name_or_path: str | Path) -> Path:
@@ -83,15 +91,19 @@ def _find(name_or_path: str | Path) -> Path:
     return bundled
 
 
-def load_config(name_or_path: str | Path, *, quick: bool = False) -> RunConfig:
-    """Read a bundled config by name (``"quick_demo"``) or a TOML file by path, and check it."""
+def load_config(name_or_path: str | Path, *, quick: bool = False, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a bundled config by name (``"quick_demo"``) or a TOML file by path, and check it.
+
+    ``overrides`` are ``--set`` options, ``"KEY=VALUE"`` strings applied to the document first
+    (:func:`~benchmarks.harness.overrides.apply_overrides`); ``quick`` applies ``[quick]`` after them.
+    """
     path = _find(name_or_path)
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(raw, path, quick=quick)
+    return parse_config(apply_overrides(raw, overrides, path), path, quick=quick)
 
 
 def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> RunConfig:
@@ -100,12 +112,12 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     ctx.keys(raw, _TOP_KEYS, "", _REQUIRED_TOP)
     quick_tab = ctx.table(raw["quick"], "quick") if "quick" in raw else None
     if quick_tab is not None:
-        _check_quick(ctx, quick_tab, raw)
+        check_quick(ctx, quick_tab, raw)
     cfg = dict(raw)
     if quick:
         if quick_tab is None:
             raise ctx.error("quick", "--quick needs a [quick] table of overrides (e.g. data = { count = 32 })")
-        cfg = _apply_quick(cfg, quick_tab)
+        cfg = apply_quick(cfg, quick_tab)
     name = ctx.string(cfg.get("name", Path(path).stem), "name")
     description = ctx.string(cfg["description"], "description")
     batch_size = ctx.integer(cfg.get("batch_size", 100), "batch_size", low=1)
@@ -114,17 +126,27 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
         raise ctx.error("device", f"expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     seed = ctx.integer(cfg.get("seed", 0), "seed")
     data = _parse_data(ctx, ctx.table(cfg["data"], "data"))
-    model = _parse_model(ctx, ctx.table(cfg["model"], "model"))
+    model = _parse_model(ctx, ctx.table(cfg["model"], "model"), "model")
+    substitute = _parse_model(ctx, ctx.table(cfg["substitute"], "substitute"), "substitute") \
+        if "substitute" in cfg else None
     stages, head, head_params, attack_through = (_parse_defense(ctx, ctx.table(cfg["defense"], "defense"))
                                                  if "defense" in cfg else ((), "softmax", {}, "head"))
     if not isinstance(cfg["attacks"], list) or not cfg["attacks"]:
         raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries)")
     attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(cfg["attacks"]))
     if not stages:
-        defended = sorted({t for a in attacks for t in a.threat_models} - {"none"})
+        defended = sorted({t for a in attacks for t in a.threat_models} - set(UNDEFENDED_EVAL))
         if defended:
             raise ctx.error("defense", f"missing required table: threat model {defended[0]!r} evaluates a defense; "
-                            "add [defense] with stages = [{ name = \"tvm\" }] or use only threat model 'none'")
+                            "add [defense] with stages = [{ name = \"tvm\" }] or use only threat models "
+                            f"{' / '.join(map(repr, UNDEFENDED_EVAL))}")
+    if substitute is None:
+        for i, a in enumerate(attacks):
+            used = [t for t in a.threat_models if t in SUBSTITUTE_SOURCE]
+            if used:
+                raise ctx.error("substitute", f"missing required table: attacks[{i}] has threat model {used[0]!r}, "
+                                "which attacks a substitute model; add [substitute] with name = \"resnet20\" (a "
+                                "model of purify.models trained on the same dataset as [model])")
     ids = [a.id for a in attacks]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -134,7 +156,7 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     return RunConfig(name=name, path=Path(path), description=description, batch_size=batch_size, device=device,
                      seed=seed, data=data, model=model, stages=stages, head=head, attacks=attacks,
                      examples=examples, paper=paper, is_quick=quick, raw=raw, head_params=head_params,
-                     attack_through=attack_through)
+                     attack_through=attack_through, substitute=substitute)
 
 
 def _parse_data(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
@@ -159,13 +181,14 @@ def _parse_data(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse_model(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
-    ctx.keys(t, _MODEL_KEYS, "model", ("name",))
+def _parse_model(ctx: Ctx, t: dict[str, Any], section: str) -> dict[str, Any]:
+    """``[model]`` or ``[substitute]``; whether the model fits the data is checked in prepare()."""
+    ctx.keys(t, _MODEL_KEYS, section, ("name",))
     from purify.models import list_models
-    name = ctx.string(t["name"], "model.name", tuple(list_models()))
+    name = ctx.string(t["name"], f"{section}.name", tuple(list_models()))
     pretrained = t.get("pretrained", True)
     if not isinstance(pretrained, bool):
-        raise ctx.error("model.pretrained", f"expected true or false, got {pretrained!r}")
+        raise ctx.error(f"{section}.pretrained", f"expected true or false, got {pretrained!r}")
     return {"name": name, "pretrained": pretrained}
 
 
@@ -333,51 +356,4 @@ def _parse_paper(ctx: Ctx, t: Any) -> dict[str, Any] | None:
                                "threat_model": ctx.string(r["threat_model"], f"{key}.threat_model", THREAT_MODELS),
                                "label": str(r.get("label", "")), "eps": eps, "accuracy": acc,
                                "note": str(r.get("note", ""))})
-    return out
-
-
-def _check_quick(ctx: Ctx, q: dict[str, Any], raw: dict[str, Any]) -> None:
-    ctx.keys(q, _QUICK_KEYS, "quick")
-    if "attacks" in q:
-        at = ctx.table(q["attacks"], "quick.attacks")
-        ids = {a.get("id", a.get("name")) for a in raw.get("attacks", []) if isinstance(a, dict)} | {"all"}
-        for aid, over in at.items():
-            if aid not in ids:
-                raise ctx.error(f"quick.attacks.{aid}", f"no attack entry with that id; ids: {', '.join(sorted(ids))}")
-            ctx.keys(ctx.table(over, f"quick.attacks.{aid}"), _QUICK_ATTACK_KEYS, f"quick.attacks.{aid}")
-
-
-def _apply_quick(cfg: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
-    """Overrides: scalars replace, tables merge; quick.attacks.<id> (or .all) merge into entries."""
-    out = dict(cfg)
-    if "batch_size" in q:
-        out["batch_size"] = q["batch_size"]
-    for sec in ("data", "examples"):
-        if sec in q:
-            merged = {**out.get(sec, {}), **q[sec]}
-            if sec == "data" and ("indices" in q[sec]) != ("count" in q[sec]):   # count replaces indices and back
-                merged.pop("count" if "indices" in q[sec] else "indices", None)
-                if "indices" in q[sec]:
-                    merged.pop("seed", None)
-            out[sec] = merged
-    overs = q.get("attacks", {})
-    entries = []
-    for a in out["attacks"]:
-        a = dict(a)
-        for key in ("all", a.get("id", a.get("name"))):
-            o = overs.get(key)
-            if not o:
-                continue
-            for k, v in o.items():
-                if k == "params":
-                    if key == "all":              # shared overrides reach only the attacks that take them
-                        takes = ATTACKS[a["name"]].params if a.get("name") in ATTACKS else set(v)
-                        v = {pk: pv for pk, pv in v.items() if pk in takes}
-                    a["params"] = {**a.get("params", {}), **v}
-                elif k == "eps" and not a.get("eps"):
-                    continue                      # budget-free attacks (cw_l2, deepfool) keep no eps
-                else:
-                    a[k] = v
-        entries.append(a)
-    out["attacks"] = entries
     return out

@@ -14,15 +14,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.harness.schema import SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL
+
 __all__ = ["COLUMNS", "machine", "write_csv", "plot_accuracy", "plot_examples", "write_report"]
 
 #: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1].
 COLUMNS = ("cell", "attack", "attack_name", "norm", "eps", "eps_label", "threat_model", "iters", "eot_samples",
            "params", "n_images", "clean_accuracy", "accuracy", "n_clean_correct", "attack_success_rate",
            "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards")
+#: The threat models of the headline's "worst defended" column. Not ``blackbox``: its attacker never
+#: sees the target (it has a column of its own, as ``transfer`` has).
 DEFENDED = ("transfer", "bpda", "eot", "bpda+eot", "full")
-_COLORS = {"transfer": "tab:blue", "bpda": "tab:orange", "eot": "tab:green", "bpda+eot": "tab:red",
-           "full": "tab:purple"}
+_COLORS = {"none": "black", "transfer": "tab:blue", "bpda": "tab:orange", "eot": "tab:green", "bpda+eot": "tab:red",
+           "full": "tab:purple", "substitute": "dimgray", "blackbox": "tab:brown"}
 
 
 def machine() -> str:
@@ -69,7 +73,7 @@ def plot_accuracy(rows: list[dict[str, Any]], clean: dict[str, Any], path: Path)
     ref = tuple(r for r in ref if r[1] is not None)
     for ax, attack in zip(axes.flat, eps_attacks):
         mine = [r for r in rows if r["attack"] == attack]
-        for tm in ("none",) + DEFENDED:
+        for tm in THREAT_MODELS:
             sel = [r for r in mine if r["threat_model"] == tm]
             if not sel:
                 continue
@@ -77,8 +81,8 @@ def plot_accuracy(rows: list[dict[str, Any]], clean: dict[str, Any], path: Path)
             for r in sel:
                 by_eps[float(r["eps"])].append(100 * r["accuracy"])
             xs = sorted(by_eps)
-            style = dict(color="black", linestyle="--", label="none (undefended)") if tm == "none" else \
-                dict(color=_COLORS[tm], label=tm)
+            style = dict(color=_COLORS[tm], linestyle="--", label=f"{tm} (undefended)") if tm in UNDEFENDED_EVAL \
+                else dict(color=_COLORS[tm], label=tm)
             ax.plot(xs, [min(by_eps[e]) for e in xs], marker="o", **style)
         for label, acc, color in ref:
             ax.axhline(100 * acc, color=color, linestyle=":", label=label)
@@ -92,13 +96,13 @@ def plot_accuracy(rows: list[dict[str, Any]], clean: dict[str, Any], path: Path)
     if free:
         ax = axes.flat[len(eps_attacks)]
         groups = list(dict.fromkeys(r["attack"] for r in free))
-        tms = [tm for tm in ("none",) + DEFENDED if any(r["threat_model"] == tm for r in free)]
+        tms = [tm for tm in THREAT_MODELS if any(r["threat_model"] == tm for r in free)]
         width = 0.8 / len(tms)
         for j, tm in enumerate(tms):
             vals = [(_worst([r for r in free if r["attack"] == g and r["threat_model"] == tm]) or {}).get("accuracy")
                     for g in groups]
             ax.bar([i + j * width for i in range(len(groups))], [100 * v if v is not None else 0 for v in vals],
-                   width, label=tm, color="black" if tm == "none" else _COLORS[tm])
+                   width, label=tm, color=_COLORS[tm])
         for label, acc, color in ref:
             ax.axhline(100 * acc, color=color, linestyle=":", label=label)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups)
@@ -192,33 +196,48 @@ def _head_text(cfg) -> str:
 
 
 def _headline(rows: list[dict[str, Any]]) -> list[str]:
+    """One row per attack x eps: each single threat model's column, then the worst defended one."""
     keys = list(dict.fromkeys((r["attack"], r["eps_label"]) for r in rows))
-    if not any(r["threat_model"] in DEFENDED for r in rows):
-        lines = ["| attack | eps | undefended (none) |", "|---|---|---:|"]
-        for attack, eps in keys:
-            w = _worst([r for r in rows if r["attack"] == attack and r["eps_label"] == eps])
-            lines.append(f"| {attack} | {eps or '–'} | {_pct(w['accuracy'])} |")
-        return lines
-    lines = ["| attack | eps | undefended (none) | transfer | worst defended | its threat model |",
-             "|---|---|---:|---:|---:|---|"]
+    present = {r["threat_model"] for r in rows}
+    defended = bool(present & set(DEFENDED))
+    cols = ([("undefended (none)", "none")] if defended or "none" in present else []) + \
+        ([("transfer", "transfer")] if defended else []) + \
+        [(f"{tm} (undefended)" if tm in UNDEFENDED_EVAL else tm, tm) for tm in SUBSTITUTE_SOURCE if tm in present]
+    head = [label for label, _ in cols] + (["worst defended", "its threat model"] if defended else [])
+    lines = ["| attack | eps | " + " | ".join(head) + " |",
+             "|---|---|" + "---:|" * len(cols) + ("---:|---|" if defended else "")]
     for attack, eps in keys:
         sel = [r for r in rows if r["attack"] == attack and r["eps_label"] == eps]
-        none = _worst([r for r in sel if r["threat_model"] == "none"])
-        tr = _worst([r for r in sel if r["threat_model"] == "transfer"])
-        w = _worst([r for r in sel if r["threat_model"] in DEFENDED])
-        how = ""
-        if w:
-            how = w["threat_model"] + (f", iters={w['iters']}" if w["iters"] != "" else "") + \
-                (f", EOT {w['eot_samples']}" if w["eot_samples"] != "" else "")
-        lines.append(f"| {attack} | {eps or '–'} | {_pct(none['accuracy']) if none else '–'} | "
-                     f"{_pct(tr['accuracy']) if tr else '–'} | {('**' + _pct(w['accuracy']) + '**') if w else '–'} | "
-                     f"{how or '–'} |")
+        worst = [_worst([r for r in sel if r["threat_model"] == tm]) for _, tm in cols]
+        out = [_pct(w["accuracy"]) if w else "–" for w in worst]
+        if defended:
+            w = _worst([r for r in sel if r["threat_model"] in DEFENDED])
+            how = ""
+            if w:
+                how = w["threat_model"] + (f", iters={w['iters']}" if w["iters"] != "" else "") + \
+                    (f", EOT {w['eot_samples']}" if w["eot_samples"] != "" else "")
+            out += [("**" + _pct(w["accuracy"]) + "**") if w else "–", how or "–"]
+        lines.append(f"| {attack} | {eps or '–'} | " + " | ".join(out) + " |")
     return lines
+
+
+def _headline_note(cfg, rows: list[dict[str, Any]]) -> str:
+    present = {r["threat_model"] for r in rows}
+    if not cfg.stages:
+        return ""
+    if "blackbox" in present and not present & set(DEFENDED):
+        return (" No threat model here attacks the defense (`blackbox` feeds it the substitute's examples), so "
+                "there is no worst defended case.")
+    return (" The headline of a defense is its *worst* defended threat model (bold), not `transfer`"
+            + (" or `blackbox`." if "blackbox" in present else "."))
 
 
 def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_s: float,
                  ste: list[str], files: list[str]) -> None:
     rows, clean = result.rows, result.clean
+    with_substitute = any(r["threat_model"] in SUBSTITUTE_SOURCE for r in rows)
+    substitute = f"; substitute: {cfg.substitute['name']} (pretrained={cfg.substitute['pretrained']})" \
+        if with_substitute else ""
     n = len(prepared.indices)
     data = cfg.data
     chosen = f"images {data['indices']}" if "indices" in data else f"{n} images drawn with seed {data['seed']}"
@@ -234,14 +253,14 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         f"- Total wall time: {total_wall_s:.1f} s ({len(result.computed)} cells computed, {len(result.cached)} read "
         f"from the cache in `cells/`; cached cells keep the wall time of the run that computed them)",
         f"- Data: {data['dataset']} {data['split']}, {chosen} (sorted); batch size {cfg.batch_size}; seed {cfg.seed}",
-        f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}); defense: {stages}; head: {_head_text(cfg)}",
+        f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}){substitute}; "
+        f"defense: {stages}; head: {_head_text(cfg)}",
         f"- Clean accuracy: undefended {_pct(clean['undefended_accuracy'])}%"
         + (f", defended {_pct(clean['defended_accuracy'])}% (one draw per image)" if cfg.stages else ""),
         "",
         "## Headline: worst case over threat models" if cfg.stages else "## Results",
         "",
-        "Accuracy in % on the images above." + (" The headline of a defense is its *worst* defended threat model "
-                                                 "(bold), not `transfer`." if cfg.stages else ""),
+        "Accuracy in % on the images above." + _headline_note(cfg, rows),
         "",
         *_headline(rows),
         "",
@@ -264,15 +283,20 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
               "defended model on the *same* adversarial examples (made on the undefended classifier, the papers' "
               "protocol); `bpda` attacks classifier(bpda(pipeline)) with an identity backward through the whole "
               "pipeline; `full` differentiates through every stage (the TV solver's unrolled torch iteration); "
-              "`eot` / `bpda+eot` average the attack's gradients over n fresh draws of the defense.",
+              "`eot` / `bpda+eot` average the attack's gradients over n fresh draws of the defense."
+              + (" `substitute` attacks the substitute model (trained separately on the same data; a softmax "
+                 "classifier whatever the target's head) and evaluates the undefended target on its adversarial "
+                 "examples; `blackbox` evaluates the defended model on the *same* examples (black-box transfer, "
+                 "the GCLN paper's Table 3). Their attacker never sees the target, so `blackbox` is not part of "
+                 "the worst defended case." if with_substitute else ""),
               "- Randomized defenses are evaluated with one fresh draw per image from a `torch.Generator` seeded "
               "by (seed, batch index); the clean and every attacked evaluation of an image use the same draw, so "
               "cells differ by the attack, not by drawing noise. Attack-time draws use separate seeded generators.",
               "- Success % = among the images the evaluated model gets right when clean, the share it gets wrong "
               "after the attack. Norms are of δ = x_adv − x over all images; rho2 = mean ‖δ‖₂ / ‖x‖₂.",
               "- fwd / bwd = images forwarded / back-propagated through the attacked model_fn (counted per "
-              "draw under EOT; evaluation passes not included). `none` and `transfer` share one attack, so "
-              "they show the same cost and overlapping wall time.",
+              "draw under EOT; evaluation passes not included). `none` and `transfer` share one attack, as do "
+              "`substitute` and `blackbox`, so each pair shows the same cost and overlapping wall time.",
               "- Attacks without a budget (CW-L2, DeepFool) are one cell per threat model; read them with their "
               "mean L2 norm."]
     if ste:

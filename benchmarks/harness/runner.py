@@ -10,7 +10,8 @@ Evaluation protocol (stated in every report):
   numbers: differences between cells are not drawing noise);
 * the attack's own draws (its model_fn's defense randomness, PGD's random start) come from
   generators seeded by (run seed, the cell's attack key, batch index);
-* ``none`` and ``transfer`` share one set of adversarial examples per attack x eps;
+* ``none`` and ``transfer`` share one set of adversarial examples per attack x eps, made on the
+  undefended classifier; so do ``substitute`` and ``blackbox``, made on the ``[substitute]`` model;
 * accuracy = fraction of the images whose evaluated prediction equals the label; attack success
   rate = among the images the evaluated model classifies correctly when clean, the fraction it
   misclassifies after the attack.
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.harness.cells import (Cell, base_key, derive_seed, expand_cells, group_jobs, key_hash, read_json,
                                       write_json)
-from benchmarks.harness.config import ConfigError, RunConfig
+from benchmarks.harness.config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
 from benchmarks.harness.threats import attack_model_fn, full_pipeline, run_attack
 from purify.attacks import rho2
 from purify.errors import PurifyError
@@ -55,10 +56,11 @@ class Prepared:
     classes: tuple[str, ...]
     classifier: torch.nn.Module        # what is evaluated: the model, with its WNLL head when there is one
     attack_classifier: torch.nn.Module # what attacks differentiate (the classifier, or the head's surrogate)
-    pipeline: Pipeline | None          # None: no [defense] (every threat model is "none")
+    pipeline: Pipeline | None          # None: no [defense] (every threat model is "none" / "substitute")
     full: Pipeline | None
     cells: list[Cell]
     base: dict[str, Any]
+    substitute: torch.nn.Module | None = None   # [substitute]: what substitute / blackbox attacks differentiate
 
 
 @dataclass
@@ -98,12 +100,16 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     from purify.models import create_model, get_model_config
 
     dev = resolve_device(cfg, device)
-    mcfg = get_model_config(cfg.model["name"])
     h, w, c = DATASETS[cfg.data["dataset"]].image_shape
-    if mcfg.input_size != (c, h, w) or mcfg.dataset != cfg.data["dataset"]:
-        raise _error(cfg, "model.name", f"{mcfg.name} takes {mcfg.dataset} images of shape {mcfg.input_size} but "
-                     f"data.dataset = {cfg.data['dataset']!r} has images of shape {(c, h, w)}; pick a model "
-                     f"trained on {cfg.data['dataset']} or change data.dataset")
+    sections = {"model": cfg.model}             # the models to load; both must fit the images
+    if cfg.substitute is not None:
+        sections["substitute"] = cfg.substitute
+    for section, spec in sections.items():
+        mcfg = get_model_config(spec["name"])
+        if mcfg.input_size != (c, h, w) or mcfg.dataset != cfg.data["dataset"]:
+            raise _error(cfg, f"{section}.name", f"{mcfg.name} takes {mcfg.dataset} images of shape "
+                         f"{mcfg.input_size} but data.dataset = {cfg.data['dataset']!r} has images of shape "
+                         f"{(c, h, w)}; pick a model trained on {cfg.data['dataset']} or change data.dataset")
     folder = resolve_data_dir(data_dir)
     if not folder.is_dir():
         raise _error(cfg, "data", f"data directory {folder} does not exist; pass --data-dir DIR or set "
@@ -123,12 +129,14 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
                          f"{cfg.data['split']} has {len(ds)}")
         rng = np.random.default_rng(cfg.data["seed"])
         indices = np.sort(rng.permutation(len(ds))[:cfg.data["count"]])
-    try:
-        model = create_model(cfg.model["name"], pretrained=cfg.model["pretrained"], data_dir=folder)
-    except PurifyError as e:
-        raise _error(cfg, "model.pretrained", str(e)) from None
-    model = model.to(dev).eval().requires_grad_(False)
-    classifier, attack_classifier = _with_head(cfg, model, dev, len(ds.classes))
+    models = {}
+    for section, spec in sections.items():
+        try:
+            models[section] = create_model(spec["name"], pretrained=spec["pretrained"], data_dir=folder)
+        except PurifyError as e:
+            raise _error(cfg, f"{section}.pretrained", str(e)) from None
+        models[section] = models[section].to(dev).eval().requires_grad_(False)
+    classifier, attack_classifier = _with_head(cfg, models["model"], dev, len(ds.classes))
     x, y = ds.tensors(indices)
     base = base_key(cfg, indices)
     if cfg.head != "softmax":     # cells made with other head weights are recomputed, not reused
@@ -136,7 +144,7 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
     return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=classifier,
                     attack_classifier=attack_classifier, pipeline=pipeline, full=full,
-                    cells=expand_cells(cfg, base), base=base)
+                    cells=expand_cells(cfg, base), base=base, substitute=models.get("substitute"))
 
 
 class _Surrogate(torch.nn.Module):
@@ -266,9 +274,10 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
     und = torch.tensor(clean["undefended_correct"], dtype=torch.bool)
     dfd = torch.tensor(clean["defended_correct"] or [], dtype=torch.bool)
     bs = p.cfg.batch_size
+    attacked = p.substitute if first.threat_model in SUBSTITUTE_SOURCE else p.attack_classifier
     for b, xb, yb in _batches(p):
         t0 = time.perf_counter()
-        model_fn, counted = attack_model_fn(first.threat_model, p.attack_classifier, p.pipeline, p.full,
+        model_fn, counted = attack_model_fn(first.threat_model, attacked, p.pipeline, p.full,
                                             _generator(p.device, p.cfg.seed, "attack-defense", first.attack_hash, b),
                                             first.eot_samples)
         x_adv = run_attack(first.attack, model_fn, xb, yb, eps=first.eps.value if first.eps else None,
@@ -279,7 +288,7 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
         for cell in job:
             t1 = time.perf_counter()
             with torch.no_grad():
-                if cell.threat_model == "none":
+                if cell.threat_model in UNDEFENDED_EVAL:
                     pred, ok0 = p.classifier(x_adv).argmax(1), und[sl]
                 else:
                     pred, ok0 = _defended_pred(p, x_adv, b)[1], dfd[sl]
@@ -293,7 +302,7 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
         bar.update(1)
         if examples_only:
             return {}
-    return {c.hash: _row(c, stats[c.hash], clean["undefended_accuracy" if c.threat_model == "none"
+    return {c.hash: _row(c, stats[c.hash], clean["undefended_accuracy" if c.threat_model in UNDEFENDED_EVAL
                                                  else "defended_accuracy"]) for c in job}
 
 
@@ -325,7 +334,7 @@ def example_cell(p: Prepared) -> Cell | None:
                     and ("eps" not in ex or (c.eps is not None and abs(c.eps.value - ex["eps"]) < 1e-12))):
                 return c
     for c in p.cells:
-        if c.eps is not None and c.threat_model != "none":
+        if c.eps is not None and c.threat_model not in UNDEFENDED_EVAL:
             return c
     return p.cells[0] if p.cells else None
 

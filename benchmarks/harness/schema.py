@@ -14,12 +14,17 @@ from typing import Any
 
 from purify.errors import PurifyError
 
-__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "EOT_THREAT_MODELS",
-           "HEADS", "ATTACK_THROUGH", "HEAD_PARAM_KEYS", "DEFAULT_EOT_SAMPLES", "Eps", "AttackEntry", "RunConfig", "Ctx"]
+__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
+           "UNDEFENDED_EVAL", "EOT_THREAT_MODELS", "HEADS", "ATTACK_THROUGH", "HEAD_PARAM_KEYS", "DEFAULT_EOT_SAMPLES",
+           "Eps", "AttackEntry", "RunConfig", "Ctx"]
 
-THREAT_MODELS = ("none", "transfer", "bpda", "eot", "bpda+eot", "full")
+THREAT_MODELS = ("none", "transfer", "bpda", "eot", "bpda+eot", "full", "substitute", "blackbox")
 #: Threat models whose adversarial examples are made on the undefended classifier (shared per attack x eps).
 UNDEFENDED_SOURCE = ("none", "transfer")
+#: Threat models whose adversarial examples are made on the ``[substitute]`` model (shared per attack x eps).
+SUBSTITUTE_SOURCE = ("substitute", "blackbox")
+#: Threat models evaluated on the undefended target classifier (they never see the defense).
+UNDEFENDED_EVAL = ("none", "substitute")
 EOT_THREAT_MODELS = ("eot", "bpda+eot")
 HEADS = ("softmax", "wnll")
 # What the attacker differentiates when the head is WNLL: the head itself, or the linear branch trained
@@ -106,6 +111,7 @@ class RunConfig:
     is_quick: bool = False
     head_params: dict[str, Any] = field(default_factory=dict)     # WNLL: artifact, mode, k, k_sigma
     attack_through: str = "head"
+    substitute: dict[str, Any] | None = None                       # [substitute]: name, pretrained
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

@@ -9,7 +9,13 @@ bpda        classifier(bpda(pipeline)(x))                   classifier(pipeline(
 full        classifier(pipeline(x)), autograd through all   classifier(pipeline(x))
 eot         eot(full model_fn, samples=n)                   classifier(pipeline(x))
 bpda+eot    eot(bpda model_fn, samples=n)                   classifier(pipeline(x))
+substitute  substitute(x)                                   classifier (no defense)
+blackbox    substitute(x)  (same adversarial examples)      classifier(pipeline(x))
 =========== =============================================== ==========================
+
+``substitute`` is the config's ``[substitute]`` model, a separately trained network on the same
+data (black-box transfer, the GCLN paper's Table 3); it is a plain softmax classifier even when
+the target has a WNLL head. The runner passes it as ``classifier`` for those two threat models.
 
 Randomized stages draw from a ``torch.Generator`` that the caller seeds; every call of an
 attack's model_fn draws afresh from it (so EOT averages over fresh draws). Under ``full`` and
@@ -24,6 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from benchmarks.harness.schema import SUBSTITUTE_SOURCE, UNDEFENDED_SOURCE
 from purify.attacks import CountedModel, bim, bpda, cw_l2, deepfool, eot, fgsm, pgd
 from purify.pipeline import Pipeline
 from purify.registry import get_purifier_spec
@@ -55,9 +62,11 @@ def attack_model_fn(threat: str, classifier: nn.Module, pipeline: Pipeline, full
                     generator: torch.Generator | None, eot_samples: int | None) -> tuple[Any, CountedModel]:
     """The model_fn an attack sees under ``threat``, and the counter inside it.
 
-    The counter wraps the innermost per-draw model, so under EOT it counts every draw.
+    ``classifier`` is the model the attacker differentiates: the target's (or its head's surrogate),
+    or the substitute under ``substitute`` / ``blackbox``. The counter wraps the innermost per-draw
+    model, so under EOT it counts every draw.
     """
-    if threat in ("none", "transfer"):
+    if threat in UNDEFENDED_SOURCE + SUBSTITUTE_SOURCE:
         counted = CountedModel(classifier)
         return counted, counted
     if threat in ("bpda", "bpda+eot"):

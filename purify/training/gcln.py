@@ -59,7 +59,7 @@ from purify._download import cache_root
 from purify.attacks import fgsm, pgd
 from purify.dct import dct_quantize
 from purify.errors import PurifyError
-from purify.gcln import AttackDetector, CleaningGenerator, save_generator
+from purify.gcln import AttackDetector, CleaningGenerator, load_generator, save_generator
 from purify.training._logging import training_log
 
 __all__ = ["AttackSetting", "default_settings", "weights_sha256", "attack_cache_key", "cached_attacks",
@@ -352,6 +352,26 @@ def _uint8_images(ds, idx: np.ndarray) -> tuple[Tensor, Tensor]:
     return x, torch.from_numpy(np.asarray(ds.y[idx], dtype=np.int64))
 
 
+def _init_from(generator: CleaningGenerator, weights: str) -> None:
+    """Copy a trained artifact's weights into ``generator`` (same architecture; q is not a weight)."""
+    source = load_generator(weights)
+    theirs = {k: v for k, v in source.config().items() if k != "q"}
+    ours = {k: v for k, v in generator.config().items() if k != "q"}
+    if theirs != ours:
+        raise PurifyError(f"--init-from {weights}: its architecture {theirs} differs from this run's {ours}; "
+                          "pass the same --width / --stem-width / --blocks / --block-size")
+    generator.load_state_dict(source.state_dict())
+    log.info("G starts from %s (sha256 %s, trained with q = %g); this run trains with q = %g", weights,
+             source.artifact["sha256"][:12], source.q, generator.q)
+
+
+def _init_record(weights: str | None) -> dict[str, Any] | None:
+    if not weights:
+        return None
+    source = load_generator(weights)
+    return {"weights": str(weights), "sha256": source.artifact["sha256"], "q": source.q}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m purify.training.gcln", description=__doc__.split("\n\n")[0])
     a = p.add_argument
@@ -377,6 +397,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--d-warmup", type=int, default=100, help="first steps train only D, on clean vs. raw attacked images")
     a("--feedback", action="store_true", help="G's correctly classified outputs join D's clean pool (the paper)")
     a("--pool-size", type=int, default=2048, help="feedback pool capacity")
+    a("--init-from", default=None,
+      help="start G from a trained artifact (a shipped name or a path) of the same architecture; --q may differ "
+           "(fine-tuning a generator to another quantization step)")
     a("--seed", type=int, default=0)
     a("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     a("--threads", type=int, default=None, help="torch CPU threads")
@@ -432,6 +455,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, out: Path) -> int
     torch.manual_seed(args.seed)
     generator = CleaningGenerator(q=args.q, block_size=args.block_size, width=args.width, stem_width=args.stem_width,
                                   blocks=args.blocks).to(device)
+    if args.init_from:
+        _init_from(generator, args.init_from)
     detector = AttackDetector(width=args.d_width).to(device)
     history = train_gcln(generator, detector, classifier, splits["train"], val, epochs=args.epochs,
                          batch_size=args.batch_size, lam=args.lam, layer=args.perceptual_layer, lr_g=args.lr_g,
@@ -448,7 +473,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, out: Path) -> int
                          "attacks": [asdict(s) for s in settings], "attack_assignment": "image i: attacks[i % K]",
                          "perceptual_layer": args.perceptual_layer, "lam": args.lam, "epochs": args.epochs,
                          "batch_size": args.batch_size, "lr_g": args.lr_g, "lr_d": args.lr_d,
-                         "d_warmup": args.d_warmup, "feedback": args.feedback, "detector_width": args.d_width,
+                         "d_warmup": args.d_warmup, "feedback": args.feedback, "init_from": _init_record(args.init_from), "detector_width": args.d_width,
                          "seed": args.seed, "device": str(device), "threads": torch.get_num_threads(),
                          "wall_s": round(time.perf_counter() - t0, 1), "attack_generation_s": round(t_attacks, 1),
                          "history": history},

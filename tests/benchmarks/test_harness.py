@@ -171,15 +171,6 @@ def test_cache_key_stable_and_specific():
 # ----------------------------------------------------------------------------- a tiny run, resumed
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread: on a 2-core machine shared with a busy process, 2 threads run ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def first_run(tmp_path_factory, data_dir, one_thread):
     out = tmp_path_factory.mktemp("bench") / "tiny"
     result = run(TINY, data_dir=data_dir, out=out, progress=False, command=COMMAND)

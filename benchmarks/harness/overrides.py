@@ -1,0 +1,147 @@
+"""Overrides of a config's TOML document: ``--set KEY=VALUE`` options and the ``[quick]`` table.
+
+``--set``: KEY is a dotted path into the document, an integer part indexing an array; VALUE is
+read as a TOML value (``5``, ``5.0``, ``"8/255"``, ``true``, ``[1, 2]``, ``{ name = "tvm" }``), and
+what does not read as one is taken as a plain string (``model.name=resnet56``, ``eps=8/255``)::
+
+    python -m benchmarks run gcln_table --set defense.stages.0.params.q=5 --set data.count=200 \\
+        --out benchmarks/results/gcln_q_sweep/q5
+
+Every part of KEY but the last must exist; the last may add a key to a table
+(``defense.stages.0.params.q`` when the stage sets no ``q`` yet) or replace an array entry.
+Overrides apply in order to the file as written, before ``[quick]`` (so ``quick.data.count=16``
+works too) and before every check of :func:`~benchmarks.harness.config.parse_config`. They
+change the resolved config, hence the cells' cache keys; a run's report records them in its
+command.
+
+    >>> apply_overrides({"data": {"count": 8}}, ["data.count=200"], "x.toml")
+    {'data': {'count': 200}}
+
+``[quick]`` (applied by ``--quick``): scalars replace, tables merge, and ``quick.attacks.<id>``
+(or ``quick.attacks.all``) merge into the attack entries.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness.schema import ATTACKS, Ctx
+
+__all__ = ["parse_value", "apply_overrides", "check_quick", "apply_quick"]
+
+_QUICK_KEYS = {"batch_size", "data", "attacks", "examples"}
+_QUICK_ATTACK_KEYS = {"eps", "threat_models", "eot_samples", "params"}
+
+
+def parse_value(text: str) -> Any:
+    """``text`` as a TOML value, or ``text`` itself when it is not one.
+
+    Example:
+        >>> parse_value("5"), parse_value('"8/255"'), parse_value("8/255"), parse_value("[1, 2]")
+        (5, '8/255', '8/255', [1, 2])
+    """
+    try:
+        doc = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return doc["v"] if list(doc) == ["v"] else text      # "1\nx = 2" is one string, not two keys
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], path: str | Path) -> dict[str, Any]:
+    """A copy of ``raw`` with every ``"KEY=VALUE"`` of ``overrides`` set, in order; ``raw`` is untouched.
+
+    Raises:
+        ConfigError: an override is not ``KEY=VALUE``, or its KEY does not lead into the document;
+            the message names ``path`` and the ``--set`` option.
+    """
+    ctx = Ctx(Path(path))
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, Sequence):
+        raise ctx.error("overrides", f"expected a list of 'KEY=VALUE' strings, got {overrides!r}")
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        if not isinstance(text, str) or "=" not in text:
+            raise ctx.error(f"--set {text}", "expected KEY=VALUE, e.g. --set data.count=200")
+        key, value = (s.strip() for s in text.split("=", 1))
+        _assign(ctx, f"--set {text}", out, key, parse_value(value))
+    return out
+
+
+def _assign(ctx: Ctx, option: str, doc: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ctx.error(option, f"KEY {key!r} has an empty part; write a dotted path such as defense.stages.0.params.q")
+    node: Any = doc
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the top level"
+        last = depth == len(parts) - 1
+        if isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            if part not in node:
+                raise ctx.error(option, f"{where} has no key {part!r} (it has {', '.join(sorted(node)) or 'none'}); "
+                                "only the last part of KEY may add a key")
+            node = node[part]
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ctx.error(option, f"{where} is an array of {len(node)}; index {part!r} out of range "
+                                f"(use 0..{len(node) - 1})" if node else f"{where} is an empty array")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+        else:
+            raise ctx.error(option, f"{where} is {node!r}, not a table or an array; cannot set "
+                            f"{'.'.join(parts[depth:])!r} inside it")
+
+
+def check_quick(ctx: Ctx, q: dict[str, Any], raw: dict[str, Any]) -> None:
+    """Check a ``[quick]`` table against the document it belongs to, before it is applied."""
+    ctx.keys(q, _QUICK_KEYS, "quick")
+    if "attacks" in q:
+        at = ctx.table(q["attacks"], "quick.attacks")
+        ids = {a.get("id", a.get("name")) for a in raw.get("attacks", []) if isinstance(a, dict)} | {"all"}
+        for aid, over in at.items():
+            if aid not in ids:
+                raise ctx.error(f"quick.attacks.{aid}", f"no attack entry with that id; ids: {', '.join(sorted(ids))}")
+            ctx.keys(ctx.table(over, f"quick.attacks.{aid}"), _QUICK_ATTACK_KEYS, f"quick.attacks.{aid}")
+
+
+def apply_quick(cfg: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
+    """Overrides: scalars replace, tables merge; quick.attacks.<id> (or .all) merge into entries."""
+    out = dict(cfg)
+    if "batch_size" in q:
+        out["batch_size"] = q["batch_size"]
+    for sec in ("data", "examples"):
+        if sec in q:
+            merged = {**out.get(sec, {}), **q[sec]}
+            if sec == "data" and ("indices" in q[sec]) != ("count" in q[sec]):   # count replaces indices and back
+                merged.pop("count" if "indices" in q[sec] else "indices", None)
+                if "indices" in q[sec]:
+                    merged.pop("seed", None)
+            out[sec] = merged
+    overs = q.get("attacks", {})
+    entries = []
+    for a in out["attacks"]:
+        a = dict(a)
+        for key in ("all", a.get("id", a.get("name"))):
+            o = overs.get(key)
+            if not o:
+                continue
+            for k, v in o.items():
+                if k == "params":
+                    if key == "all":              # shared overrides reach only the attacks that take them
+                        takes = ATTACKS[a["name"]].params if a.get("name") in ATTACKS else set(v)
+                        v = {pk: pv for pk, pv in v.items() if pk in takes}
+                    a["params"] = {**a.get("params", {}), **v}
+                elif k == "eps" and not a.get("eps"):
+                    continue                      # budget-free attacks (cw_l2, deepfool) keep no eps
+                else:
+                    a[k] = v
+        entries.append(a)
+    out["attacks"] = entries
+    return out
