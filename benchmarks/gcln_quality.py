@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=1000, help="test images (the first COUNT)")
     ap.add_argument("--eps", default="8/255", help="attack budget (L-inf), as p/q or a float")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts for the speed rows")
+    ap.add_argument("--skip-speed", action="store_true", help="quality and accuracy only")
     ap.add_argument("--out", default=str(RESULTS / "gcln_quality.md"))
     args = ap.parse_args(argv)
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             quality.append((src_name, f"DCT only, q={g.q:g}", *psnr_ssim(x, dct), acc(dct)))
             cleaned = _batched(g, src)
             quality.append((src_name, label, *psnr_ssim(x, cleaned), acc(cleaned)))
-        for threads in args.threads:
+        for threads in [] if args.skip_speed else args.threads:
             torch.set_num_threads(threads)
             for batch in (1, 256):
                 speed.append((label, threads, batch, images_per_second(g, batch)))
@@ -130,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
              "| input | purification | PSNR vs clean | SSIM vs clean | ResNet-56 accuracy % |",
              "|---|---|---:|---:|---:|"]
     lines += [f"| {src} | {how} | {p:.2f} | {s:.4f} | {a:.1f} |" for src, how, p, s, a in quality]
-    lines += ["", "Speed of G alone (float32, CPU, median over repeats after a warm-up):", "",
-              "| generator | parameters | MFLOPs per 32x32 image | torch threads | batch | images/s |",
-              "|---|---:|---:|---:|---:|---:|"]
-    params = {f"{w} (q={g.q:g})": (g.artifact["parameters"], g.artifact["flops_32x32"] / 1e6) for w, g in gens}
-    lines += [f"| {lab} | {params[lab][0]:,} | {params[lab][1]:.1f} | {t} | {b} | {ips:.0f} |"
-              for lab, t, b, ips in speed]
+    if speed:
+        lines += ["", "Speed of G alone (float32, CPU, median over repeats after a warm-up):", "",
+                  "| generator | parameters | MFLOPs per 32x32 image | torch threads | batch | images/s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        params = {f"{w} (q={g.q:g})": (g.artifact["parameters"], g.artifact["flops_32x32"] / 1e6) for w, g in gens}
+        lines += [f"| {lab} | {params[lab][0]:,} | {params[lab][1]:.1f} | {t} | {b} | {ips:.0f} |"
+                  for lab, t, b, ips in speed]
     lines += ["", "## Run", "", "```", "python -m benchmarks.gcln_quality " + " ".join(map(shlex.quote, argv)), "```", "",
               f"- machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
               f"{'GPU: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "

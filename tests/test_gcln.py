@@ -224,6 +224,18 @@ def test_exception_unknown_perceptual_layer():
         training.FeatureTap(_tiny_classifier(), "layer9")
 
 
+def test_init_from_copies_weights_and_refuses_other_architectures(tmp_path):
+    source = _randomized(width=8, blocks=1, q=10.0)
+    path = save_generator(tmp_path / "src", source, {})
+    target = CleaningGenerator(width=8, blocks=1, q=5.0)
+    training._init_from(target, str(path))
+    torch.testing.assert_close(target.state_dict(), source.state_dict())
+    assert target.q == 5.0                                          # q is the run's, not the source's
+    assert training._init_record(str(path))["q"] == 10.0
+    with pytest.raises(PurifyError, match="architecture"):
+        training._init_from(CleaningGenerator(width=16, blocks=1), str(path))
+
+
 class _Counted(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -257,3 +269,35 @@ def test_attack_cache_keyed_and_resumable(tmp_path):
         clf.net[1].bias.add_(1.0)
     run()
     assert len(list(tmp_path.iterdir())) == 4                        # settings, data and weights each key a new cache
+
+
+# ----------------------------------------------------------------------------- the shipped generator
+
+def test_shipped_generator_golden_outputs():
+    import numpy as np
+
+    from tests.golden.make_gcln_golden import GOLDEN, golden_inputs
+
+    gold = np.load(GOLDEN)
+    g = load_generator("gcln_cifar10")
+    assert g.artifact["sha256"] == str(gold["sha256"]), \
+        "purify/weights/gcln_cifar10 changed; if on purpose, run `python -m tests.golden.make_gcln_golden`"
+    np.testing.assert_array_equal(gold["inputs"], golden_inputs())
+    x = torch.from_numpy(gold["inputs"])
+    expected = torch.from_numpy(gold["outputs"])
+    torch.testing.assert_close(g(x), expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(purify(x, method="gcln"), expected, atol=2e-5, rtol=0)
+    assert not torch.allclose(expected, dct_quantize(x, q=g.q), atol=1e-3)     # trained: more than the quantizer
+
+
+def test_shipped_generator_keeps_clean_accuracy(data_dir):
+    """On 200 test images the pretrained ResNet-56 loses at most 5 points behind G (the artifact records ~1-2)."""
+    from purify.data import load_dataset
+    from purify.models import create_model
+
+    x, y = load_dataset("cifar10", "test", data_dir=data_dir).tensors(list(range(200)))
+    model = create_model("resnet56", pretrained=True, data_dir=data_dir).eval()
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean()
+        cleaned = (model(purify(x, method="gcln")).argmax(1) == y).float().mean()
+    assert cleaned >= clean - 0.05, (float(clean), float(cleaned))

@@ -16,55 +16,35 @@ def test_known_names():
     assert set(NAMES) >= {"tvm", "dct"}
 
 
-@pytest.fixture
-def params_for(tmp_path):
-    """Keyword params that make each stage runnable here: a stage with trained weights gets a
-    freshly initialized artifact when its shipped weights are absent (the tests check the stage
-    contract, not the training)."""
-    def make(name: str) -> dict:
-        if name != "gcln":
-            return {}
-        from purify.gcln import CleaningGenerator, resolve_generator, save_generator
-        from purify.errors import DataNotFoundError
-        try:
-            resolve_generator()
-            return {}
-        except DataNotFoundError:
-            torch.manual_seed(0)
-            return {"weights": str(save_generator(tmp_path / "g", CleaningGenerator(), {"note": "untrained, test"}))}
-    return make
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_spec_and_module(name, params_for):
+def test_spec_and_module(name):
     spec = get_purifier_spec(name)
     assert spec.name == name and spec.description
     # The module twin takes exactly the function's keyword parameters, with the same defaults.
     mod_params = {k: v.default for k, v in inspect.signature(spec.module.__init__).parameters.items()
                   if v.kind == v.KEYWORD_ONLY}
     assert mod_params == spec.defaults()
-    module = create_purifier(name, **params_for(name))
+    module = create_purifier(name)
     x = torch.rand(2, 3, 16, 16)
     out = module(x)
     assert out.shape == x.shape and out.dtype == x.dtype and 0 <= out.min() and out.max() <= 1
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_metadata_is_truthful(name, params_for):
+def test_metadata_is_truthful(name):
     spec = get_purifier_spec(name)
-    params = params_for(name)
     x = torch.rand(1, 3, 16, 16)
     # randomized: two fresh draws differ; deterministic: equal.
-    a, b = create_purifier(name, **params)(x), create_purifier(name, **params)(x)
+    a, b = create_purifier(name)(x), create_purifier(name)(x)
     assert (not torch.equal(a, b)) == spec.randomized
     # differentiable: backward with default params gives a finite, non-zero gradient; else it raises.
     xg = x.clone().requires_grad_()
     if spec.differentiable:
-        create_purifier(name, **params)(xg).sum().backward()
+        create_purifier(name)(xg).sum().backward()
         assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
     else:
         with pytest.raises(RuntimeError):
-            create_purifier(name, **params)(xg).sum().backward()
+            create_purifier(name)(xg).sum().backward()
 
 
 def test_unknown_name_lists_known():
