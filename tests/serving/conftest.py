@@ -45,6 +45,19 @@ def make_config(**overrides: Any) -> ServeConfig:
     return parse_config(data, source="test-config", base=Path.cwd())
 
 
+def infer_probabilities(address: str, model: str, images: np.ndarray) -> np.ndarray:
+    """One binary-tensor request of ``images`` (B, 3, 32, 32) to ``model`` with the sync tritonclient."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(address)
+    try:
+        inp = httpclient.InferInput("images", list(images.shape), "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        return client.infer(model, [inp]).as_numpy("probabilities")
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def running_server(configs: list[ServeConfig], **app_kwargs: Any) -> Iterator[tuple[str, Any]]:
     """Serve ``configs`` on 127.0.0.1:<free port>; yields ("127.0.0.1:port", app); stops and joins on exit."""

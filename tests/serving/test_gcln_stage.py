@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import tritonclient.http as httpclient
 
 from purify import Pipeline
 from purify.models import create_model
-from tests.serving.conftest import make_config, running_server
+from tests.serving.conftest import infer_probabilities, make_config, running_server
 
 STAGES = [{"name": "tvm", "params": {"drop_prob": 0.0, "weight": 0.1, "iters": 40}},
           {"name": "gcln", "params": {"weights": "gcln_cifar10"}}]
@@ -18,10 +17,7 @@ def test_gcln_behind_tvm_serves_the_pipeline(images):
     cfg = make_config(name="cnn_gcln", stages=STAGES)
     with running_server([cfg]) as (address, app):
         assert app.state.server.models["cnn_gcln"].metadata()["parameters"]["stages"] == "tvm, gcln"
-        client = httpclient.InferenceServerClient(address)
-        inp = httpclient.InferInput("images", [4, 3, 32, 32], "FP32")
-        inp.set_data_from_numpy(images[:4])
-        served = client.infer("cnn_gcln", [inp]).as_numpy("probabilities")
+        served = infer_probabilities(address, "cnn_gcln", images[:4])
     pipeline = Pipeline.from_spec([(s["name"], s["params"]) for s in STAGES])
     with torch.no_grad():
         expected = create_model("small_cnn_cifar10", pretrained=True).eval()(pipeline(torch.from_numpy(images[:4])))

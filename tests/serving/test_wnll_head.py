@@ -13,7 +13,7 @@ import tritonclient.http as httpclient  # noqa: E402
 from purify import tv_minimize  # noqa: E402
 from purify.data import load_dataset  # noqa: E402
 from purify.models import create_model  # noqa: E402
-from tests.serving.conftest import make_config, running_server  # noqa: E402
+from tests.serving.conftest import infer_probabilities, make_config, running_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,7 @@ def test_wnll_head_serves_interpolated_scores(head_path, images):
     cfg = make_config(name="cnn_wnll", head={"type": "wnll", "templates": str(head_path)})
     with running_server([cfg]) as (address, app):
         assert app.state.server.models["cnn_wnll"].metadata()["parameters"]["head"] == "wnll"
-        client = httpclient.InferenceServerClient(address)
-        inp = httpclient.InferInput("images", [4, 3, 32, 32], "FP32")
-        inp.set_data_from_numpy(images[:4])
-        scores = client.infer("cnn_wnll", [inp]).as_numpy("probabilities")
-        client.close()
+        scores = infer_probabilities(address, "cnn_wnll", images[:4])
     # Independently: TVM as configured (drop 0, so deterministic), features, the saved head alone.
     head = wnll.WNLLHead.load(head_path, mode="inductive")
     with torch.inference_mode():
