@@ -106,14 +106,18 @@ def main(argv: list[str] | None = None) -> int:
 
     quality = [("clean", "none", *psnr_ssim(x, x), acc(x))]
     quality += [(f"{n} {args.eps}", "none", *psnr_ssim(x, xa), acc(xa)) for n, xa in attacked.items()]
-    speed, gens = [], []
+    speed, gens, quantizers = [], [], set()
     for w in tqdm(args.weights, desc="generators"):
         g = load_generator(w)
         gens.append((w, g))
         label = f"{w} (q={g.q:g})"
-        for src_name, src in (("clean", x), *((f"{n} {args.eps}", xa) for n, xa in attacked.items())):
-            dct = _batched(lambda v: dct_quantize(v, q=g.q, block_size=g.block_size), src)
-            quality.append((src_name, f"DCT only, q={g.q:g}", *psnr_ssim(x, dct), acc(dct)))
+        sources = (("clean", x), *((f"{n} {args.eps}", xa) for n, xa in attacked.items()))
+        if (g.q, g.block_size) not in quantizers:       # G's own layer alone: what the network adds over it
+            quantizers.add((g.q, g.block_size))
+            for src_name, src in sources:
+                dct = _batched(lambda v: dct_quantize(v, q=g.q, block_size=g.block_size), src)
+                quality.append((src_name, f"DCT only, q={g.q:g}", *psnr_ssim(x, dct), acc(dct)))
+        for src_name, src in sources:
             cleaned = _batched(g, src)
             quality.append((src_name, label, *psnr_ssim(x, cleaned), acc(cleaned)))
         for threads in [] if args.skip_speed else args.threads:

@@ -41,7 +41,8 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     [examples]                           # optional: the cell shown in examples.png
     attack = "pgd"; eps = "8/255"; threat_model = "bpda"; n = 6
 
-    [paper]                              # optional: the paper's numbers, shown next to ours
+    [paper]                              # optional: the paper's numbers, shown next to ours:
+                                         # source, note, clean (undefended), clean_defended, [[paper.results]]
     [quick]                              # optional: overrides applied by --quick
 
 ``--set KEY=VALUE`` (``load_config(..., overrides=[...])``) changes the document before any of this
@@ -74,7 +75,7 @@ _DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
 _STAGE_KEYS = {"name", "params"}
 _ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
 _EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
-_PAPER_KEYS = {"source", "clean", "note", "results"}
+_PAPER_KEYS = {"source", "clean", "clean_defended", "note", "results"}
 _PAPER_RESULT_KEYS = {"attack", "threat_model", "label", "eps", "accuracy", "note"}
 
 
@@ -339,9 +340,10 @@ def _parse_paper(ctx: Ctx, t: Any) -> dict[str, Any] | None:
     t = ctx.table(t, "paper")
     ctx.keys(t, _PAPER_KEYS, "paper", ("source",))
     out: dict[str, Any] = {"source": ctx.string(t["source"], "paper.source"), "note": t.get("note", ""),
-                           "clean": t.get("clean"), "results": []}
-    if out["clean"] is not None:
-        out["clean"] = ctx.number(out["clean"], "paper.clean").value
+                           "clean": t.get("clean"), "clean_defended": t.get("clean_defended"), "results": []}
+    for k in ("clean", "clean_defended"):       # the paper's clean accuracy without / with its defense
+        if out[k] is not None:
+            out[k] = ctx.number(out[k], f"paper.{k}").value
     for i, r in enumerate(t.get("results", [])):
         key = f"paper.results[{i}]"
         r = ctx.table(r, key)

@@ -160,6 +160,10 @@ def _paper_lines(paper: dict[str, Any], rows: list[dict[str, Any]], clean: dict[
     if paper.get("clean") is not None:
         ours = 100 * clean["undefended_accuracy"]
         lines.append(f"| clean (no attack) | none | 0 | {_num(paper['clean'])} | {ours:.1f} | {ours - paper['clean']:+.1f} |")
+    if paper.get("clean_defended") is not None and clean.get("defended_accuracy") is not None:
+        ours = 100 * clean["defended_accuracy"]
+        lines.append(f"| clean (no attack), defended | – | 0 | {_num(paper['clean_defended'])} | {ours:.1f} | "
+                     f"{ours - paper['clean_defended']:+.1f} |")
     for r in paper["results"]:
         label = f" ({r['label']})" if r["label"] else ""
         mine = [x for x in rows if x["attack"] == r["attack"] and x["threat_model"] == r["threat_model"]]

@@ -213,6 +213,9 @@ def test_report_has_paper_numbers_and_command(first_run):
     text = (out / "report.md").read_text()
     assert COMMAND in text
     assert "| fgsm (TVM) | transfer | 0.03 | 12.3 |" in text and "| 91.7 |" in text
+    result, _ = first_run
+    defended = 100 * result.clean["defended_accuracy"]
+    assert f"| clean (no attack), defended | – | 0 | 45.6 | {defended:.1f} | {defended - 45.6:+.1f} |" in text
     assert "Machine:" in text and "Total wall time:" in text and "GPU:" in text
 
 
