@@ -39,7 +39,8 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "serving.md"
 CONCURRENCY = (1, 8, 32)
 
 
-def _config_file(work: Path, name: str, *, max_batch_size: int, delay_ms: float, onnx: Path | None) -> Path:
+def _config_file(work: Path, name: str, *, max_batch_size: int, delay_ms: float, threads: int,
+                 onnx: Path | None) -> Path:
     """The built-in default config with the batching (and backend) of one benchmark row, as YAML."""
     import yaml
 
@@ -49,6 +50,7 @@ def _config_file(work: Path, name: str, *, max_batch_size: int, delay_ms: float,
     data["name"] = name
     data["batching"]["max_batch_size"] = max_batch_size
     data["batching"]["max_queue_delay_ms"] = delay_ms
+    data["backend"]["threads"] = threads
     if onnx is not None:
         data["classifier"] = {"onnx": str(onnx)}
         data["backend"]["type"] = "onnxruntime"
@@ -308,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend, onnx in backends.items():
         for batching, mbs in (("dynamic", 64), ("max_batch_size=1", 1)):
             name = f"{'ort' if onnx else 'torch'}_{'batched' if mbs > 1 else 'single'}"
-            config = _config_file(args.work_dir, name, max_batch_size=mbs, delay_ms=args.delay_ms, onnx=onnx)
+            config = _config_file(args.work_dir, name, max_batch_size=mbs, delay_ms=args.delay_ms,
+                                  threads=args.threads, onnx=onnx)
             print(f"{backend} / {batching}", flush=True)
             results[(backend, batching)], logs[name] = measure_server(config, name, images, threads=args.threads,
                                                                       requests=requests, warmup=args.warmup)
