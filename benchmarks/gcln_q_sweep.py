@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from benchmarks.convergence import wilson
 from benchmarks.harness import RESULTS_DIR, run
+from benchmarks.harness.report import machine
 
 DEFAULT_QS = (2, 5, 8, 10, 12, 16, 20)
 #: papers/gcln-generative-cleaning.txt, Table 2: BPDA at 0.031 L-inf, each q with its own trained generator.
@@ -82,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "The paper's Table 2 figures are for a generator trained at each q; ours is one generator "
               "(the config's weights) run at every q.", "", "## Run", "", "```",
               "python -m benchmarks.gcln_q_sweep " + " ".join(map(shlex.quote, argv)), "```", "",
-              f"- machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
-              f"{'GPU: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+              f"- machine: {machine()}",
               f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; wall time "
               f"{time.perf_counter() - t0:.0f} s (cached cells are not recomputed)", ""]
     (out / "sweep.md").write_text("\n".join(lines))

@@ -26,6 +26,7 @@ import platform
 import shlex
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz and weights/ (default: $PURIFY_DATA_DIR)")
     ap.add_argument("--weights", nargs="+", default=["gcln_cifar10"], help="generator artifacts (shipped names or paths)")
     ap.add_argument("--count", type=int, default=1000, help="test images (the first COUNT)")
-    ap.add_argument("--eps", default="8/255", help="attack budget (L-inf), as p/q or a float")
+    ap.add_argument("--eps", default=Fraction(8, 255), type=Fraction, help="attack budget (L-inf), as p/q or a float")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts for the speed rows")
     ap.add_argument("--skip-speed", action="store_true", help="quality and accuracy only")
     ap.add_argument("--out", default=str(RESULTS / "gcln_quality.md"))
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from purify.gcln import load_generator
     from purify.models import create_model
 
-    eps = (lambda p, q: float(p) / float(q))(*args.eps.split("/")) if "/" in args.eps else float(args.eps)
+    eps = float(args.eps)
     t_start = time.perf_counter()
     torch.set_num_threads(max(args.threads))
     ds = load_dataset("cifar10", "test", data_dir=args.data_dir)

@@ -228,10 +228,10 @@ def test_init_from_copies_weights_and_refuses_other_architectures(tmp_path):
     source = _randomized(width=8, blocks=1, q=10.0)
     path = save_generator(tmp_path / "src", source, {})
     target = CleaningGenerator(width=8, blocks=1, q=5.0)
-    training._init_from(target, str(path))
+    record = training._init_from(target, str(path))
     torch.testing.assert_close(target.state_dict(), source.state_dict())
     assert target.q == 5.0                                          # q is the run's, not the source's
-    assert training._init_record(str(path))["q"] == 10.0
+    assert record["q"] == 10.0 and record["sha256"] == json.loads(path.read_text())["sha256"]
     with pytest.raises(PurifyError, match="architecture"):
         training._init_from(CleaningGenerator(width=16, blocks=1), str(path))
 

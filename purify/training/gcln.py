@@ -31,8 +31,8 @@ The recipe of ``../shared/papers/gcln-generative-cleaning.txt`` §3.3, with our 
 
 Run (writes ``<out>.safetensors``, ``<out>.json`` and ``<out>.log``; resumable with ``--resume``). The
 shipped ``purify/weights/gcln_cifar10`` (q = 10) came from this command, 41 minutes on 2 CPU cores
-(13 of them making the attacked images), 15,000 of the 45,000 training images for the CPU budget; on a
-GPU drop ``--train-count`` and add ``--device cuda --epochs 30 --batch-size 128``::
+(13 of them making the attacked images), 15,000 of the 45,000 training images for the CPU budget. On a
+GPU, drop ``--train-count`` and add ``--device cuda`` with more epochs (not run here: no GPU was lent)::
 
     python -m purify.training.gcln --data-dir ../shared/data --out purify/weights/gcln_cifar10 --train-count 15000 --threads 2
 
@@ -359,8 +359,11 @@ def _uint8_images(ds, idx: np.ndarray) -> tuple[Tensor, Tensor]:
     return x, torch.from_numpy(np.asarray(ds.y[idx], dtype=np.int64))
 
 
-def _init_from(generator: CleaningGenerator, weights: str) -> None:
-    """Copy a trained artifact's weights into ``generator`` (same architecture; q is not a weight)."""
+def _init_from(generator: CleaningGenerator, weights: str) -> dict[str, Any]:
+    """Copy a trained artifact's weights into ``generator`` (same architecture; q is not a weight).
+
+    Returns what the new artifact's json records of its starting point.
+    """
     source = load_generator(weights)
     theirs = {k: v for k, v in source.config().items() if k != "q"}
     ours = {k: v for k, v in generator.config().items() if k != "q"}
@@ -370,12 +373,6 @@ def _init_from(generator: CleaningGenerator, weights: str) -> None:
     generator.load_state_dict(source.state_dict())
     log.info("G starts from %s (sha256 %s, trained with q = %g); this run trains with q = %g", weights,
              source.artifact["sha256"][:12], source.q, generator.q)
-
-
-def _init_record(weights: str | None) -> dict[str, Any] | None:
-    if not weights:
-        return None
-    source = load_generator(weights)
     return {"weights": str(weights), "sha256": source.artifact["sha256"], "q": source.q}
 
 
@@ -462,8 +459,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, out: Path) -> int
     torch.manual_seed(args.seed)
     generator = CleaningGenerator(q=args.q, block_size=args.block_size, width=args.width, stem_width=args.stem_width,
                                   blocks=args.blocks).to(device)
-    if args.init_from:
-        _init_from(generator, args.init_from)
+    init_record = _init_from(generator, args.init_from) if args.init_from else None
     detector = AttackDetector(width=args.d_width).to(device)
     history = train_gcln(generator, detector, classifier, splits["train"], val, epochs=args.epochs,
                          batch_size=args.batch_size, lam=args.lam, layer=args.perceptual_layer, lr_g=args.lr_g,
@@ -480,7 +476,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, out: Path) -> int
                          "attacks": [asdict(s) for s in settings], "attack_assignment": "image i: attacks[i % K]",
                          "perceptual_layer": args.perceptual_layer, "lam": args.lam, "epochs": args.epochs,
                          "batch_size": args.batch_size, "lr_g": args.lr_g, "lr_d": args.lr_d,
-                         "d_warmup": args.d_warmup, "feedback": args.feedback, "init_from": _init_record(args.init_from), "detector_width": args.d_width,
+                         "d_warmup": args.d_warmup, "feedback": args.feedback, "init_from": init_record, "detector_width": args.d_width,
                          "seed": args.seed, "device": str(device), "threads": torch.get_num_threads(),
                          "wall_s": round(time.perf_counter() - t0, 1), "attack_generation_s": round(t_attacks, 1),
                          "history": history},
