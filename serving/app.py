@@ -25,8 +25,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
+import threading
 import time
 from typing import Any, Sequence
 
@@ -66,6 +68,34 @@ def _error(err: Exception) -> Response:
     return _json({"error": str(err)}, status)
 
 
+_running_apps = 0
+_running_apps_lock = threading.Lock()  # apps may start and stop on different threads' event loops
+
+
+def _freeze_start_up_objects() -> None:
+    """Move everything allocated so far into the GC's permanent generation.
+
+    What is loaded by the time an app starts (torch, numba, the models) lives as long as the
+    server. Freezing it keeps the cyclic GC's full collections from walking it on every pass:
+    without this, gen-2 collections stopped the event loop for 50-145 ms under load and set the
+    p99 latency. ``gc.freeze`` is process-wide, so apps sharing a process (tests, an embedding
+    application) count themselves and the last one to stop thaws.
+    """
+    global _running_apps
+    with _running_apps_lock:
+        gc.collect()
+        gc.freeze()
+        _running_apps += 1
+
+
+def _thaw_when_last_app_stops() -> None:
+    global _running_apps
+    with _running_apps_lock:
+        _running_apps -= 1
+        if _running_apps == 0:
+            gc.unfreeze()
+
+
 class _Server:
     """Route handlers over the served models; one instance per app."""
 
@@ -84,9 +114,11 @@ class _Server:
         for name, model in self.models.items():
             await model.start()
             log.info("model %s ready: %s", name, model.metadata()["parameters"])
+        _freeze_start_up_objects()
         try:
             yield
         finally:
+            _thaw_when_last_app_stops()
             # Drain: every queued request is answered before the process exits.
             for name, model in self.models.items():
                 await model.stop()

@@ -1,7 +1,8 @@
 """An asyncio dynamic batcher with Triton's semantics.
 
 * A batch goes as soon as it is full (``max_batch_size`` images) or its oldest request has
-  waited ``max_queue_delay_ms``; while one batch runs, the next one fills.
+  waited ``max_queue_delay_ms`` (at most: the timer is set 1 ms early to absorb the event
+  loop's millisecond rounding); while one batch runs, the next one fills.
 * A request may carry several images; requests are never split, and they are taken in arrival
   order, so answers come back in request order.
 * A full queue (``max_queue_size`` requests waiting) is refused at once with 503.
@@ -38,6 +39,9 @@ from serving.errors import BadRequest, Unavailable
 __all__ = ["DynamicBatcher"]
 
 log = logging.getLogger(__name__)
+
+#: How much earlier than the oldest request's deadline the batch timer is set (see ``_wait_for_batch``).
+_TIMER_SLACK_S = 0.001
 
 
 @dataclass
@@ -151,7 +155,9 @@ class DynamicBatcher:
             self._wakeup.set()
 
         # One timer for the oldest request's deadline; arrivals only re-check whether the batch is full.
-        remaining = self._queue[0].enqueued + self.delay - time.monotonic()
+        # The delay is a maximum, and asyncio's epoll wait rounds its timeout up to the next whole
+        # millisecond, so the timer is set that much early: the batch leaves within the delay.
+        remaining = self._queue[0].enqueued + self.delay - _TIMER_SLACK_S - time.monotonic()
         timer = asyncio.get_running_loop().call_later(max(0.0, remaining), expire)
         try:
             while not (self._closing or due.is_set() or self._queued_images() >= self.max_batch_size):

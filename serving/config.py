@@ -9,10 +9,12 @@ A complete file (``serving/default.toml`` is the built-in default)::
     name = "cifar10_tvm"                 # the model's name in URLs
     version = "1"
 
-    [classifier]                         # exactly one of registry / onnx
-    registry = "small_cnn_cifar10"       # purify.models name, pretrained weights (sha256 checked)
-    # weights = "resnet20.th"            # explicit checkpoint for a registry model
+    [classifier]                         # exactly one of registry / factory / onnx
+    registry = "small_cnn_cifar10"       # purify.models name (built in, or added by register_model)
+    # weights = "resnet20.th"            # explicit checkpoint (registry), or a state dict (factory)
     # data_dir = "../shared/data"        # where registry checkpoints are looked for
+    # factory = "mynets:build"           # your torch module: module:function, imported from the
+    #                                    # config's folder or sys.path, called with no arguments
     # onnx = "defended.onnx"             # a graph written by `purify export` (whole defended model)
 
     [input]
@@ -48,12 +50,14 @@ A complete file (``serving/default.toml`` is the built-in default)::
     type = "torch"                       # or "onnxruntime" (needs classifier.onnx)
     device = "auto"                      # auto | cpu | cuda
     threads = 1                          # torch / onnxruntime intra-op threads
+    memory_format = "auto"               # torch: auto | channels_last | contiguous (see serving.backends)
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -70,6 +74,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
 # set per request, because only these let requests with different values share a batch.
 PER_SAMPLE_PARAMS = {"tvm": ("weight", "drop_prob"), "dct": ("q",)}
 _INPUT_DATATYPES = ("FP32", "UINT8")
+_FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class BackendConfig:
     type: str = "torch"
     device: str = "auto"
     threads: int = 1
+    memory_format: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,7 @@ class ServeConfig:
     version: str
     source: str                                 # the file it came from, for messages
     registry: str | None = None
+    factory: str | None = None                  # "module:function" building the classifier
     weights: Path | None = None
     data_dir: Path | None = None
     onnx: Path | None = None
@@ -261,14 +268,21 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         top.fail("name", f"expected a model name of letters, digits, '-', '_' or '.', got {name!r}")
     version = top.str("version", "1")
 
-    clf = _Table(source, "classifier", data.get("classifier", {}), ("registry", "weights", "data_dir", "onnx"))
-    registry, onnx = clf.str("registry"), clf.path_("onnx", base)
-    if (registry is None) == (onnx is None):
-        clf.fail("", "expected exactly one of registry = '<purify model name>' or onnx = '<file>'")
+    clf = _Table(source, "classifier", data.get("classifier", {}),
+                 ("registry", "factory", "weights", "data_dir", "onnx"))
+    registry, factory, onnx = clf.str("registry"), clf.str("factory"), clf.path_("onnx", base)
+    if sum(v is not None for v in (registry, factory, onnx)) != 1:
+        clf.fail("", "expected exactly one of registry = '<purify model name>', factory = '<module:function>' "
+                     "or onnx = '<file>'")
     if registry is not None:
         from purify.models import list_models
 
         clf.str("registry", choices=tuple(list_models()))
+    if factory is not None and not _FACTORY_PATTERN.fullmatch(factory):
+        clf.fail("factory", f"expected 'package.module:function', got {factory!r}")
+    for key, allowed in (("weights", registry or factory), ("data_dir", registry)):
+        if clf.data.get(key) is not None and allowed is None:
+            clf.fail(key, "applies to a registry" + (" or factory" if key == "weights" else "") + " classifier only")
 
     inp = _Table(source, "input", data.get("input", {}), ("name", "shape", "datatype", "layout", "range"))
     layout = inp.str("layout", "NCHW", choices=("NCHW", "NHWC"))
@@ -299,14 +313,17 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     batching = BatchingConfig(bat.int("max_batch_size", 64, low=1), bat.float("max_queue_delay_ms", 5.0),
                               bat.int("max_queue_size", 256, low=1), bat.float("timeout_ms", 10_000.0, low=1.0))
 
-    be = _Table(source, "backend", data.get("backend", {}), ("type", "device", "threads"))
+    be = _Table(source, "backend", data.get("backend", {}), ("type", "device", "threads", "memory_format"))
     backend = BackendConfig(be.str("type", "torch", choices=("torch", "onnxruntime")),
-                            be.str("device", "auto", choices=("auto", "cpu", "cuda")), be.int("threads", 1, low=0))
+                            be.str("device", "auto", choices=("auto", "cpu", "cuda")), be.int("threads", 1, low=0),
+                            be.str("memory_format", "auto", choices=("auto", "channels_last", "contiguous")))
     if backend.type == "onnxruntime" and onnx is None:
         be.fail("type", "onnxruntime runs an exported graph: set classifier.onnx (make one with `purify export`)")
+    if backend.type == "onnxruntime" and backend.memory_format != "auto":
+        be.fail("memory_format", "applies to the torch backend only (ONNX Runtime picks its own layouts)")
     if backend.type == "torch" and onnx is not None:
         be.fail("type", "an onnx classifier needs type = 'onnxruntime'")
-    return ServeConfig(name=name, version=version, source=source, registry=registry,
+    return ServeConfig(name=name, version=version, source=source, registry=registry, factory=factory,
                        weights=clf.path_("weights", base), data_dir=clf.path_("data_dir", base), onnx=onnx,
                        input=input_spec, stages=stages, request_params=request_params, head=head,
                        outputs=outputs, batching=batching, backend=backend)

@@ -130,8 +130,8 @@ def export_onnx(cfg: ServeConfig, path: str | os.PathLike, *, data_dir: str | os
     import onnx
     import onnxruntime as ort
 
-    if cfg.registry is None:
-        raise ConfigError(f"{cfg.source}: classifier: export needs a registry classifier (it is already ONNX)")
+    if cfg.onnx is not None:
+        raise ConfigError(f"{cfg.source}: classifier: export needs a registry or factory classifier (it is already ONNX)")
     layout = _layout(cfg)
     model, classes = build_defended_model(cfg)
     graph = _Graph(model, layout).eval()
@@ -153,7 +153,7 @@ def export_onnx(cfg: ServeConfig, path: str | os.PathLike, *, data_dir: str | os
         proto = onnx.load(str(raw))
         meta = {"purify_stages": json.dumps([{"name": s.name, "params": dict(s.params)} for s in cfg.stages]),
                 "purify_classes": json.dumps(list(classes) if classes else []),
-                "purify_classifier": cfg.registry, "purify_head": cfg.head.type}
+                "purify_classifier": cfg.registry or cfg.factory, "purify_head": cfg.head.type}
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(proto)

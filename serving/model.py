@@ -76,7 +76,16 @@ class ServedModel:
     def _probe_classes(self) -> int:
         c, h, w = self.cfg.input.chw
         probe = np.full((1, c, h, w), 0.5, np.float32)
-        return int(self.backend.run(probe, [{} for _ in self.cfg.stages]).shape[1])
+        try:
+            scores = self.backend.run(probe, [{} for _ in self.cfg.stages])
+        except Exception as err:  # noqa: BLE001 - a user's classifier may raise anything; fail at start-up
+            raise ConfigError(f"{self.cfg.source}: classifier: the model fails on a probe batch of shape "
+                              f"{probe.shape} (input.shape {list(self.cfg.input.shape)}): "
+                              f"{type(err).__name__}: {err}") from err
+        if scores.ndim != 2 or scores.shape[0] != 1:
+            raise ConfigError(f"{self.cfg.source}: classifier: expected scores of shape (1, K) for one probe "
+                              f"image, got {tuple(scores.shape)}")
+        return int(scores.shape[1])
 
     async def start(self) -> None:
         await self.batcher.start()

@@ -13,8 +13,9 @@ from torch import nn
 
 from purify.data import load_dataset
 from purify.errors import ChecksumError, DataNotFoundError, DTypeError, RangeError, ShapeError, UnknownNameError
-from purify.models import (BasicBlock, CifarResNet, Normalized, count_correct, create_model, get_model_config,
-                           list_models, load_checkpoint, resolve_weights)
+from purify.models import (BasicBlock, CifarResNet, Normalized, UserModel, count_correct, create_model,
+                           get_model_config, list_models, load_checkpoint, register_model, resolve_weights,
+                           unregister_model)
 from purify.models import factory
 
 PARAMS = {"resnet20": 269_722, "resnet56": 853_018}
@@ -111,6 +112,52 @@ def test_normalized():
 def test_unknown_model():
     with pytest.raises(UnknownNameError, match="'resnet20', 'resnet56'"):
         create_model("resnet18")
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+def test_register_model_round_trip(tmp_path):
+    record = register_model("my.tiny", _tiny, classes=["cat", "dog"], dataset="pets")
+    try:
+        assert "my.tiny" in list_models() and get_model_config("my.tiny") is record
+        model = create_model("my.tiny")
+        assert not model.training and model.pretrained_cfg.classes == ("cat", "dog")
+        # weights_path loads a state dict strictly into what the factory built
+        trained = _tiny()
+        with torch.no_grad():
+            trained[3].bias.fill_(7.0)
+        torch.save(trained.state_dict(), tmp_path / "w.pt")
+        loaded = create_model("my.tiny", weights_path=tmp_path / "w.pt")
+        assert torch.equal(loaded[3].bias, torch.full((2,), 7.0))
+        torch.save({"nope": torch.zeros(1)}, tmp_path / "bad.pt")
+        with pytest.raises(ShapeError, match="does not fit the model 'my.tiny'"):
+            create_model("my.tiny", weights_path=tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="already registered"):
+            register_model("my.tiny", _tiny)
+        register_model("my.tiny", lambda: "not a module", overwrite=True)
+        with pytest.raises(DTypeError, match="returned str, expected an nn.Module"):
+            create_model("my.tiny")
+    finally:
+        unregister_model("my.tiny")
+    assert "my.tiny" not in list_models()
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (("resnet20", _tiny), ValueError, "built-in model"),
+    (("my model", _tiny), DTypeError, "letters, digits"),
+    (("m", "not callable"), DTypeError, "callable returning an nn.Module"),
+])
+def test_register_model_refuses(args, error, match):
+    with pytest.raises(error, match=match):
+        register_model(*args)
+    with pytest.raises(DTypeError, match="class-name strings"):
+        register_model("m", _tiny, classes="cat,dog")
+    with pytest.raises(UnknownNameError, match="registered model name"):
+        unregister_model("resnet20")
+    assert isinstance(UserModel("x", _tiny).create(), nn.Module)
 
 
 def test_create_model_signature():

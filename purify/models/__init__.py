@@ -10,7 +10,8 @@ returned in eval mode::
 """
 
 from purify.models.evaluation import count_correct
-from purify.models.factory import ModelConfig, create_model, get_model_config, list_models
+from purify.models.factory import (ModelConfig, UserModel, create_model, get_model_config, list_models,
+                                   register_model, unregister_model)
 from purify.models.loading import load_checkpoint, resolve_weights
 from purify.models.normalize import Normalized
 from purify.models.resnet_cifar import BasicBlock, CifarResNet
@@ -23,11 +24,14 @@ __all__ = [
     "Normalized",
     "PackagedConfig",
     "SmallCNN",
+    "UserModel",
     "count_correct",
     "create_model",
     "get_model_config",
     "list_models",
     "load_packaged",
     "load_checkpoint",
+    "register_model",
     "resolve_weights",
+    "unregister_model",
 ]

@@ -4,6 +4,9 @@ Each registered name has a :class:`ModelConfig` that travels with the model as
 ``model.pretrained_cfg``: architecture, input size, normalization, checkpoint file and its
 sha256. The registry is a plain dict built once at import.
 
+Your own classifiers join it with :func:`register_model` (a :class:`UserModel` record), so
+``create_model``, the benchmark harness and ``purify-serve`` take them by name.
+
 The ResNet-20/56 weights are the public CIFAR-10 checkpoints of Y. Idelbayev,
 "Proper ResNet Implementation for CIFAR10/CIFAR100 in PyTorch"
 (https://github.com/akamaster/pytorch_resnet_cifar10), BSD 2-Clause,
@@ -14,18 +17,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from purify._checks import check_choice
-from purify.errors import DTypeError
+from purify.errors import DTypeError, ShapeError
 from purify.models.loading import load_checkpoint, resolve_weights, upstream_file_name
 from purify.models.normalize import Normalized
 from purify.models.resnet_cifar import CifarResNet
 from purify.models.small_cnn import PackagedConfig, load_packaged, packaged_config
 
-__all__ = ["ModelConfig", "create_model", "list_models", "get_model_config"]
+__all__ = ["ModelConfig", "UserModel", "create_model", "list_models", "get_model_config", "register_model",
+           "unregister_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,6 +97,104 @@ _REGISTRY: dict[str, ModelConfig] = {
 _PACKAGED = ("small_cnn_cifar10",)
 
 
+@dataclass(frozen=True)
+class UserModel:
+    """A classifier added with :func:`register_model`; it travels as ``model.pretrained_cfg``.
+
+    Attributes:
+        name: registry name.
+        factory: called with no arguments, returns the ``nn.Module`` with its weights loaded.
+        classes: class names in logit order, or None.
+        dataset: what it was trained on (free text), or None.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    classes: tuple[str, ...] | None = None
+    dataset: str | None = None
+
+    def create(self, *, weights_path: str | os.PathLike | None = None,
+               map_location: str | torch.device = "cpu") -> nn.Module:
+        """``factory()`` in eval mode, checked to be an ``nn.Module``, with ``weights_path`` loaded strictly.
+
+        Raises:
+            DTypeError: the factory returned something else, or the file is not a state dict.
+            ShapeError: the state dict does not fit the module.
+        """
+        fn = "create_model"
+        model = self.factory()
+        if not isinstance(model, nn.Module):
+            raise DTypeError(f"{fn}: the factory of {self.name!r} returned {type(model).__name__}, "
+                             "expected an nn.Module")
+        if weights_path is not None:
+            state = torch.load(weights_path, map_location=map_location, weights_only=True)
+            if not isinstance(state, dict):
+                raise DTypeError(f"{fn}: {weights_path} holds a {type(state).__name__}, expected a state dict "
+                                 "(torch.save(model.state_dict(), path))")
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise ShapeError(f"{fn}: {weights_path} does not fit the model {self.name!r}: {err}") from None
+        model.pretrained_cfg = self
+        return model.eval()
+
+
+_USER: dict[str, UserModel] = {}
+
+
+def register_model(name: str, factory: Callable[[], nn.Module], *, classes: Sequence[str] | None = None,
+                   dataset: str | None = None, overwrite: bool = False) -> UserModel:
+    """Add your own classifier to the registry under ``name``.
+
+    The module ``factory()`` returns must take images ``(B, C, H, W)`` in [0, 1] (put any
+    normalization inside it, as :class:`~purify.models.Normalized` does) and return logits
+    ``(B, K)``; a ``features(x) -> (B, D)`` method is needed only for the WNLL head.
+
+    Args:
+        name: letters, digits, ``-``, ``_`` or ``.``; a built-in name cannot be taken.
+        factory: builds the module, weights included (``create_model(name, weights_path=...)``
+            can also load a state dict into it).
+        classes: class names in logit order (the server's top-k labels use them).
+        dataset: what it was trained on, for the record.
+        overwrite: replace an earlier :func:`register_model` of the same name.
+
+    Raises:
+        DTypeError: a bad name, factory or classes; UnknownNameError is never raised here.
+        ValueError: ``name`` is taken (a built-in, or registered before without ``overwrite``).
+
+    Example:
+        >>> from torch import nn
+        >>> def tiny():
+        ...     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> _ = register_model("tiny", tiny, classes=["cat", "dog"])
+        >>> create_model("tiny")(torch.rand(5, 3, 8, 8)).shape
+        torch.Size([5, 2])
+        >>> unregister_model("tiny")
+    """
+    fn = "register_model"
+    if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+        raise DTypeError(f"{fn}: expected a name of letters, digits, '-', '_' or '.', got {name!r}")
+    if not callable(factory):
+        raise DTypeError(f"{fn}: expected factory to be a callable returning an nn.Module, got "
+                         f"{type(factory).__name__}")
+    if classes is not None:
+        if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+            raise DTypeError(f"{fn}: expected classes to be a sequence of class-name strings, got {classes!r}")
+        classes = tuple(classes)
+    if name in _REGISTRY or name in _PACKAGED:
+        raise ValueError(f"{fn}: {name!r} is a built-in model; register yours under another name")
+    if name in _USER and not overwrite:
+        raise ValueError(f"{fn}: {name!r} is already registered; pass overwrite=True to replace it")
+    record = _USER[name] = UserModel(name, factory, classes, dataset)
+    return record
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model added with :func:`register_model` (built-in names cannot be removed)."""
+    check_choice("unregister_model", name, name="registered model name", choices=sorted(_USER))
+    del _USER[name]
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted.
 
@@ -99,11 +202,12 @@ def list_models() -> list[str]:
         >>> list_models()
         ['resnet20', 'resnet56', 'small_cnn_cifar10']
     """
-    return sorted((*_REGISTRY, *_PACKAGED))
+    return sorted((*_REGISTRY, *_PACKAGED, *_USER))
 
 
-def get_model_config(name: str) -> ModelConfig | PackagedConfig:
-    """The :class:`ModelConfig` registered under ``name`` (a :class:`PackagedConfig` for shipped models).
+def get_model_config(name: str) -> ModelConfig | PackagedConfig | UserModel:
+    """The :class:`ModelConfig` registered under ``name`` (:class:`PackagedConfig` for shipped models,
+    :class:`UserModel` for :func:`register_model` ones).
 
     Raises:
         UnknownNameError: the message lists the registered names.
@@ -113,6 +217,8 @@ def get_model_config(name: str) -> ModelConfig | PackagedConfig:
         56
     """
     check_choice("get_model_config", name, name="model name", choices=list_models())
+    if name in _USER:
+        return _USER[name]
     return packaged_config(name) if name in _PACKAGED else _REGISTRY[name]
 
 
@@ -127,9 +233,11 @@ def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.
 
     Args:
         name: one of :func:`list_models`.
-        pretrained: load the registered checkpoint (sha256 checked, ``weights_only`` loading).
+        pretrained: load the registered checkpoint (sha256 checked, ``weights_only`` loading). A
+            :func:`register_model` factory brings its own weights; ``pretrained`` changes nothing there.
         weights_path: load this file instead of searching for it (implies ``pretrained``); its sha256
-            must still match the registered one.
+            must still match the registered one. For a :func:`register_model` model: a state dict
+            (``torch.save(model.state_dict(), path)``) loaded strictly into what the factory built.
         data_dir: data directory holding ``weights/<name>_cifar10.th`` (see :func:`purify.data.resolve_data_dir`).
         download: fetch the upstream checkpoint into ``~/.cache/purify/weights`` when no local copy exists.
         map_location: ``torch.load``'s ``map_location``; the model itself is built on the CPU.
@@ -153,6 +261,8 @@ def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.
     for arg, value in (("pretrained", pretrained), ("download", download)):
         if not isinstance(value, bool):
             raise DTypeError(f"{fn}: expected {arg} to be a bool, got {type(value).__name__}")
+    if name in _USER:
+        return _USER[name].create(weights_path=weights_path, map_location=map_location)
     if name in _PACKAGED:
         if weights_path is not None:
             raise DTypeError(f"{fn}: {name!r} loads its weights from the package; weights_path is for the ResNets")

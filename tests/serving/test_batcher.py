@@ -52,6 +52,26 @@ def test_batch_goes_when_full_or_after_the_delay(n, max_batch_size, delay_ms, mi
     assert min_s <= elapsed < max_s
 
 
+def test_a_lone_request_waits_at_most_the_delay():
+    """The delay is a maximum: the median wait of a lone request is within it, not a rounding past it."""
+    waits = []
+
+    def record(payloads):
+        waits.append(time.monotonic() - payloads[0])
+        return payloads
+
+    async def go():
+        b = DynamicBatcher(record, max_batch_size=8, max_queue_delay_ms=20)
+        await b.start()
+        for _ in range(25):
+            await b.submit(time.monotonic(), size=1)
+        await b.close()
+
+    run(go())
+    median_ms = sorted(waits)[len(waits) // 2] * 1000
+    assert 15.0 <= median_ms <= 20.5, median_ms
+
+
 def test_multi_image_requests_are_never_split_and_order_is_kept():
     rec = Recorder(sleep=0.05)
 

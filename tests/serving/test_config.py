@@ -42,6 +42,11 @@ def test_yaml_equals_toml(tmp_path):
     ({"classifier": {}}, "classifier", "exactly one of registry"),
     ({"classifier": {"registry": "resnet99"}}, "classifier.registry", "'resnet20'"),
     ({"classifier": {"registry": "resnet20", "onnx": "m.onnx"}}, "classifier", "exactly one"),
+    ({"classifier": {"registry": "resnet20", "factory": "nets:build"}}, "classifier", "exactly one"),
+    ({"classifier": {"factory": "nets.build"}}, "classifier.factory", "'package.module:function'"),
+    ({"classifier": {"onnx": "m.onnx", "weights": "w.pt"}, "backend": {"type": "onnxruntime"}},
+     "classifier.weights", "registry or factory classifier only"),
+    ({"classifier": {"factory": "nets:build", "data_dir": "d"}}, "classifier.data_dir", "registry classifier only"),
     ({"input": {"shape": [3, 32]}}, "input.shape", "list of 3 ints"),
     ({"input": {"datatype": "FP16"}}, "input.datatype", "'FP32', 'UINT8'"),
     ({"input": {"range": [1, 0]}}, "input.range", "low < high"),
@@ -62,6 +67,9 @@ def test_yaml_equals_toml(tmp_path):
     ({"batching": {"timeout_ms": "soon"}}, "batching.timeout_ms", "finite number"),
     ({"backend": {"type": "onnxruntime"}}, "backend.type", "classifier.onnx"),
     ({"backend": {"device": "tpu"}}, "backend.device", "'auto', 'cpu', 'cuda'"),
+    ({"backend": {"memory_format": "nhwc"}}, "backend.memory_format", "'auto', 'channels_last', 'contiguous'"),
+    ({"classifier": {"onnx": "m.onnx"}, "backend": {"type": "onnxruntime", "memory_format": "channels_last"}},
+     "backend.memory_format", "torch backend only"),
 ])
 def test_invalid_field_is_named(tables, field, hint):
     with pytest.raises(ConfigError) as info:

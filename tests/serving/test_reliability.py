@@ -144,3 +144,10 @@ def test_load_2000_requests_32_clients(server, images, reference):
     ok = float(re.search(r'purify_requests_total\{model="cnn",status="200"\} (\S+)', text).group(1))
     assert ok >= total
     print(f"load: {total} requests in {seconds:.1f} s, {batches:.0f} batches")
+
+
+def test_start_up_objects_are_frozen_out_of_the_gc(server):
+    """Full GC passes would otherwise walk torch and the model on every collection (50-145 ms pauses)."""
+    import gc
+
+    assert gc.get_freeze_count() > 10_000

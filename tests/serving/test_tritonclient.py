@@ -84,9 +84,11 @@ def test_default_outputs_are_binary(client, images, reference):
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_compressed_request_and_response(client, images, reference, algorithm):
-    result = client.infer("cnn", [_input(images[:2], True)], request_compression_algorithm=algorithm,
-                          response_compression_algorithm=algorithm)
-    np.testing.assert_allclose(result.as_numpy("probabilities"), reference(images[:2]), atol=1e-5)
+    # 16 images as JSON outputs: an answer big enough for the server to compress (serving.protocol)
+    outputs = [httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    result = client.infer("cnn", [_input(images[:16], True)], outputs=outputs,
+                          request_compression_algorithm=algorithm, response_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference(images[:16]), atol=1e-5)
 
 
 def test_classification_extension(client, images, reference):
