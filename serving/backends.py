@@ -46,7 +46,8 @@ def stage_input_names(stage_index: int, stage_name: str) -> dict[str, str]:
         >>> stage_input_names(0, "tvm")
         {'mask': 'stage0_tvm_mask', 'weight': 'stage0_tvm_weight'}
     """
-    params = {"tvm": ("mask", "weight"), "dct": ("q",)}[stage_name]
+    # gcln takes none: its generator and q are baked into the graph (q is not a request parameter).
+    params = {"tvm": ("mask", "weight"), "dct": ("q",), "gcln": ()}[stage_name]
     return {p: f"stage{stage_index}_{stage_name}_{p}" for p in params}
 
 

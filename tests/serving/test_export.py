@@ -58,6 +58,10 @@ def test_onnx_backend_serves_the_graph(exported, images):
         meta = client.get_model_metadata("cnn_onnx")
         assert meta["platform"] == "onnxruntime_onnx"
         assert meta["parameters"]["providers"] == "CPUExecutionProvider"  # what the session actually uses
+        # onnxruntime-gpu offers CUDA even without a GPU: it is requested, and the report says the CPU runs
+        import onnxruntime as ort
+        cuda_offered = "CUDAExecutionProvider" in ort.get_available_providers()
+        assert ("CUDAExecutionProvider" in meta["parameters"]["requested_providers"]) == cuda_offered
         app.state.server.models["cnn_onnx"].backend.rng = np.random.default_rng(123)
         inp = httpclient.InferInput("images", [4, 3, 32, 32], "FP32")
         inp.set_data_from_numpy(images[:4])
@@ -69,6 +73,27 @@ def test_onnx_backend_serves_the_graph(exported, images):
         expected = model(torch.from_numpy(images[:4]), [{"mask": torch.from_numpy(mask).float(),
                                                          "weight": torch.full((4,), 0.2)}]).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_export_with_the_generator_stage(tmp_path, data_dir, images):
+    """TVM -> GCLN -> CNN in one graph; the generator loads for the first time during the export."""
+    from purify import gcln
+    from serving.backends import OnnxBackend, build_defended_model
+
+    stages = [STAGES[0], {"name": "gcln", "params": {"weights": "gcln_cifar10"}}]
+    gcln._load_cached.cache_clear()  # loading inside the trace would be recorded; export must load first
+    report = export_onnx(make_config(stages=stages), tmp_path / "gcln.onnx", data_dir=data_dir, n_images=8)
+    assert report.max_abs_diff <= 1e-4
+    cfg = make_config(name="gcln_onnx", classifier={"registry": None, "onnx": str(report.path)}, stages=stages,
+                      request_parameters={}, backend={"type": "onnxruntime"})
+    backend = OnnxBackend(cfg)
+    backend.rng = np.random.default_rng(7)
+    got = backend.run(images[:3], [{}, {}])
+    mask = np.random.default_rng(7).random((3, 1, 32, 32), dtype=np.float32) < 0.3
+    model, _ = build_defended_model(make_config(stages=stages))
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(images[:3]), [{"mask": torch.from_numpy(mask).float()}, {}]).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_onnx_backend_refuses_a_config_with_other_stages(exported):
