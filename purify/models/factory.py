@@ -159,7 +159,7 @@ def register_model(name: str, factory: Callable[[], nn.Module], *, classes: Sequ
         overwrite: replace an earlier :func:`register_model` of the same name.
 
     Raises:
-        DTypeError: a bad name, factory or classes; UnknownNameError is never raised here.
+        DTypeError: a bad name, factory or classes.
         ValueError: ``name`` is taken (a built-in, or registered before without ``overwrite``).
 
     Example:
