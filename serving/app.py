@@ -76,10 +76,11 @@ def _freeze_start_up_objects() -> None:
     """Move everything allocated so far into the GC's permanent generation.
 
     What is loaded by the time an app starts (torch, numba, the models) lives as long as the
-    server. Freezing it keeps the cyclic GC's full collections from walking it on every pass:
-    without this, gen-2 collections stopped the event loop for 50-145 ms under load and set the
-    p99 latency. ``gc.freeze`` is process-wide, so apps sharing a process (tests, an embedding
-    application) count themselves and the last one to stop thaws.
+    server. Freezing it keeps the cyclic GC's full collections from walking it on every pass: with
+    the default model loaded, one full collection takes about 120 ms on the event loop, and near
+    0 ms once frozen (``benchmarks/results/serving_profile.md``). ``gc.freeze`` is process-wide,
+    so apps sharing a process (tests, an embedding application) count themselves and the last one
+    to stop thaws.
     """
     global _running_apps
     with _running_apps_lock:

@@ -280,9 +280,10 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         clf.str("registry", choices=tuple(list_models()))
     if factory is not None and not _FACTORY_PATTERN.fullmatch(factory):
         clf.fail("factory", f"expected 'package.module:function', got {factory!r}")
-    for key, allowed in (("weights", registry or factory), ("data_dir", registry)):
-        if clf.data.get(key) is not None and allowed is None:
-            clf.fail(key, "applies to a registry" + (" or factory" if key == "weights" else "") + " classifier only")
+    if clf.data.get("weights") is not None and onnx is not None:
+        clf.fail("weights", "applies to a registry or factory classifier only")
+    if clf.data.get("data_dir") is not None and registry is None:
+        clf.fail("data_dir", "applies to a registry classifier only")
 
     inp = _Table(source, "input", data.get("input", {}), ("name", "shape", "datatype", "layout", "range"))
     layout = inp.str("layout", "NCHW", choices=("NCHW", "NHWC"))

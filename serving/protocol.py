@@ -88,8 +88,9 @@ def decode_body(body: bytes, encoding: str | None, *, limit: int) -> bytes:
 
 
 #: Response bodies shorter than this go uncompressed even when the client accepts gzip / deflate.
-#: A one-image answer is ~100-300 bytes: compressing it saves nothing on the wire and cost 18% of the
-#: event loop's time under load (py-spy, 2026-11-21). Starlette's GZipMiddleware uses 500.
+#: A one-image answer is ~350 bytes: compressing it saves next to nothing on the wire and costs the
+#: event loop ~14 us per answer (benchmarks/results/serving_profile.md). Starlette's GZipMiddleware
+#: has the same rule, at 500 bytes.
 MIN_COMPRESS_BYTES = 1024
 
 

@@ -147,7 +147,7 @@ def test_load_2000_requests_32_clients(server, images, reference):
 
 
 def test_start_up_objects_are_frozen_out_of_the_gc(server):
-    """Full GC passes would otherwise walk torch and the model on every collection (50-145 ms pauses)."""
+    """Full GC passes would otherwise walk torch and the model on every collection (~120 ms each)."""
     import gc
 
     assert gc.get_freeze_count() > 10_000

@@ -160,7 +160,7 @@ def test_wnll_head_needs_features(nets_dir):
 
 def test_a_model_that_fails_on_the_input_shape_fails_at_start_up(nets_dir):
     cfg = _config(nets_dir, "build", input={"shape": [3, 16, 16]})  # the Net's linear layer wants 32x32
-    with pytest.raises(ConfigError, match=r"classifier: the model fails on a probe batch of shape \(4, 3, 16, 16\)"):
+    with pytest.raises(ConfigError, match=r"classifier: the model fails on a probe batch of shape \(1, 3, 16, 16\)"):
         ServedModel(cfg)
 
 
