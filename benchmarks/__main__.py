@@ -2,12 +2,13 @@
 
     python -m benchmarks list
     python -m benchmarks run <config-name-or-path> [--quick] [--set KEY=VALUE ...] [--data-dir DIR] [--out DIR]
-                             [--device D] [--threads N]
+                             [--device D] [--threads N] [--cache-dir DIR]
 
 ``list`` shows the bundled configs of ``benchmarks/configs``; ``run`` runs one and writes
 ``cells.csv``, ``report.md``, ``accuracy_vs_eps.png`` and ``examples.png`` to
 ``benchmarks/results/<name>/`` (``<out>-quick`` with ``--quick``). Finished cells are cached under
-``<out>/cells/``, so an interrupted run picks up where it stopped.
+``<cache-dir>/<config name>/`` (default ``~/.cache/purify/cells/<config name>/``; ``$PURIFY_CACHE_DIR``
+moves it), keyed by everything their numbers depend on, so an interrupted run picks up where it stopped.
 
 ``--set KEY=VALUE`` (repeatable) changes the config before it is checked: KEY is a dotted path into
 the TOML document (integers index arrays), VALUE a TOML value or else a plain string. A
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads(N) (default: torch's choice; on a CPU shared with busy processes 1 "
                         "can be much faster)")
+    r.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cell cache; cells go to DIR/<config name>/ (default: ~/.cache/purify/cells, or cells/ "
+                        "under $PURIFY_CACHE_DIR); finished cells are reused, so a killed run resumes")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv)
         result = run(args.config, quick=args.quick, data_dir=args.data_dir, out=args.out, device=args.device,
                      progress=not args.no_progress, command=command, threads=args.threads,
-                     overrides=args.overrides)
+                     overrides=args.overrides, cache_dir=args.cache_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ Runs ``benchmarks/configs/gcln_q_sweep.toml`` once per ``--q`` with the override
 ``defense.stages.0.params.q=<q>`` (the quantization step of the layer inside G; the generator's
 weights stay those of the config) into ``<out>/q<q>/``, and writes ``<out>/sweep.md`` and
 ``<out>/sweep.png``: clean accuracy and accuracy under each threat model of the config, with 95 %
-Wilson intervals. Cells are cached per run, so an interrupted sweep resumes.
+Wilson intervals. Cells are cached (in ``~/.cache/purify/cells/<config>/``, or ``--cache-dir``), so an
+interrupted sweep resumes.
 
     python -m benchmarks.gcln_q_sweep --data-dir ../shared/data
 """
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (see `python -m benchmarks run --help`)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="further config overrides, passed to every run (e.g. data.count=100)")
+    ap.add_argument("--cache-dir", default=None, metavar="DIR",
+                    help="cell cache (see `python -m benchmarks run --help`)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for q in args.q:
         label = f"{q:g}"
         result = run(args.config, data_dir=args.data_dir, out=out / f"q{label}", threads=args.threads,
-                     progress=not args.no_progress,
+                     progress=not args.no_progress, cache_dir=args.cache_dir,
                      overrides=[f"defense.stages.0.params.q={q}", *args.overrides],
                      command=f"python -m benchmarks run {args.config} --set defense.stages.0.params.q={q} "
                              + " ".join(f"--set {shlex.quote(o)}" for o in args.overrides))

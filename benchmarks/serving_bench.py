@@ -10,7 +10,7 @@ test images, one image per request, binary tensors, sent by the unmodified ``tri
 client from this process to a ``purify-serve`` subprocess on 127.0.0.1 (one torch / ONNX Runtime
 thread). Each server is measured at concurrency 1, 8 and 32 after a warm-up; the in-process rows
 call the same backend directly, one image at a time and in batches of 32. The ONNX graph comes
-from :func:`serving.export.export_onnx` (verified against torch before it is used).
+from :func:`serving.export.export_config` (verified against torch before it is used).
 
 Writes ``benchmarks/results/serving.md``: requests/s, p50 / p99 latency, mean executed batch size
 (from the server's ``/metrics``), with the exact command, the machine and the date.
@@ -33,6 +33,7 @@ import time
 import tomllib
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -63,9 +64,10 @@ def _config_file(work: Path, name: str, *, max_batch_size: int, delay_ms: float,
 class Server:
     """A ``purify-serve`` subprocess on 127.0.0.1:<free port>; its log is kept for the report."""
 
-    def __init__(self, config: Path, threads: int) -> None:
+    def __init__(self, config: Path | None, threads: int, flags: Sequence[str] = ()) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "--config", str(config), "--port", "0"],
+        config_flags = ["--config", str(config)] if config is not None else []   # None: the built-in default
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", *config_flags, "--port", "0", *flags],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.log: list[str] = []
         self.address: str | None = None
@@ -302,14 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     export_note = "not measured (--skip-onnx)"
     if not args.skip_onnx:
         from serving.config import DEFAULT_CONFIG, load_config
-        from serving.export import export_onnx
+        from serving.export import export_config
 
         onnx_path = args.work_dir / "default.onnx"
         if not onnx_path.is_file():
-            report = export_onnx(load_config(DEFAULT_CONFIG), onnx_path, data_dir=args.data_dir)
+            report = export_config(load_config(DEFAULT_CONFIG), onnx_path, data_dir=args.data_dir)
             export_note = f"exported now, max abs diff vs torch {report.max_abs_diff:.2e} on {report.images} images"
         else:
-            export_note = f"reused {onnx_path} (written and verified by export_onnx)"
+            export_note = f"reused {onnx_path} (written and verified by export_config)"
         backends["onnxruntime"] = onnx_path
     results, logs, in_process = {}, {}, {}
     for backend, onnx in backends.items():

@@ -1,10 +1,9 @@
-"""Command line: ``purify demo`` (the built-in default job), ``purify image IN OUT`` and ``purify export``.
+"""Command line: ``purify demo`` (the built-in default job) and ``purify image IN OUT``.
 
 ``purify demo`` purifies a few CIFAR-10 test images (from the data directory, or
 generated images when there is none), prints what changed per image, and, when
 the pretrained ResNet-56 checkpoint can be found, what the classifier predicts
-before and after. ``purify export`` writes a served model config's whole defended model as one
-ONNX graph and verifies it against torch on real images (it needs the ``serve`` extra).
+before and after. (The ONNX export of a served model is ``purify-export``, in the serving package.)
 """
 
 from __future__ import annotations
@@ -115,25 +114,6 @@ def image(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(args: argparse.Namespace) -> int:
-    # The exporter lives in the serving package (it reads a served model's config); imported here,
-    # lazily, so the library itself never depends on serving.
-    try:
-        from serving.config import DEFAULT_CONFIG, load_config
-        from serving.export import export_onnx
-    except ImportError as err:
-        console.error(f"purify export: needs the serve extra (pip install -e '.[serve]'): {err}")
-        return 1
-    cfg = load_config(args.config or DEFAULT_CONFIG)
-    console.info(f"exporting {cfg.name} ({cfg.source}) to {args.output}; verifying on {args.n} CIFAR-10 test images")
-    t0 = time.perf_counter()
-    report = export_onnx(cfg, args.output, data_dir=args.data_dir, n_images=args.n, tol=args.tol, opset=args.opset)
-    console.info(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s: "
-                 f"max |onnxruntime - torch| = {report.max_abs_diff:.2e} <= {args.tol:g} on {report.images} real "
-                 f"images (batch sizes {', '.join(map(str, report.batch_sizes))}; {', '.join(report.providers)})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="purify", description="Input purification for image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,14 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=None)
     i.add_argument("--device", default=None)
     i.set_defaults(func=image)
-    e = sub.add_parser("export", help="write a served model (stages, classifier, head) as one verified ONNX graph")
-    e.add_argument("--config", default=None, help="model config (.toml / .yaml; default: purify-serve's built-in)")
-    e.add_argument("--output", "-o", default="purify_model.onnx", help="the .onnx file to write")
-    e.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz (default: $PURIFY_DATA_DIR)")
-    e.add_argument("--n", type=int, default=64, help="real images to verify on")
-    e.add_argument("--tol", type=float, default=1e-4, help="largest accepted |onnxruntime - torch|")
-    e.add_argument("--opset", type=int, default=17)
-    e.set_defaults(func=export)
     return parser
 
 

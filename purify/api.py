@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from purify._checks import check_finite_unit_range
-from purify.errors import DTypeError, RangeError, ShapeError
+from purify._checks import check_finite_unit_range, check_generator
+from purify.errors import DTypeError, ShapeError
 from purify.pipeline import Pipeline, StageSpec
 
 __all__ = ["purify"]
@@ -61,15 +61,15 @@ def purify(x: Any, /, method: StageSpec | Iterable[StageSpec] | Pipeline = "tvm"
         ((32, 32, 3), dtype('uint8'))
     """
     pipeline = _as_pipeline(method, params)
-    run_device = _resolve_device(device)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise DTypeError(f"{_FN}: expected generator to be a torch.Generator or None, got {type(generator).__name__}")
+    run_device = _run_device(pipeline, user_pipeline=isinstance(method, Pipeline), device=device)
     batch, restore = _to_batch(x)
     if batch.shape[0] == 0:
         return restore(batch)
+    # The one check of the call (one device sync); the stages then run their unchecked cores.
     check_finite_unit_range(_FN, batch)
-    out = pipeline(batch.to(run_device), generator=generator)
-    return restore(out)
+    batch = batch.to(run_device)
+    check_generator(_FN, generator, batch.device)
+    return restore(pipeline.run(batch, generator=generator))
 
 
 def _as_pipeline(method: Any, params: dict[str, Any]) -> Pipeline:
@@ -87,6 +87,33 @@ def _as_pipeline(method: Any, params: dict[str, Any]) -> Pipeline:
     if isinstance(method, (list, tuple)):
         return Pipeline.from_spec(method)
     raise DTypeError(f"{_FN}: expected method to be a name, a list of stages or a Pipeline, got {type(method).__name__}")
+
+
+def _run_device(pipeline: Pipeline, *, user_pipeline: bool, device: str | torch.device | None) -> torch.device:
+    """Where to run: a pipeline with weights (e.g. the cleaning generator) runs where its weights are.
+
+    A pipeline built here is moved to the device; a caller's own Pipeline is never moved behind
+    its back: without ``device=`` it runs where its weights live, and a different ``device=`` is refused.
+    """
+    weights_on = next((t.device for t in (*pipeline.parameters(), *pipeline.buffers())), None)
+    if not user_pipeline:
+        run_device = _resolve_device(device)
+        return run_device if weights_on is None or _same(weights_on, run_device) else _moved(pipeline, run_device)
+    if weights_on is None:
+        return _resolve_device(device)
+    if device is not None and not _same(_resolve_device(device), weights_on):
+        raise DTypeError(f"{_FN}: the Pipeline's weights are on {weights_on}, but device={device!r} was asked for; "
+                         f"move it first with pipeline.to({str(_resolve_device(device))!r})")
+    return weights_on
+
+
+def _same(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _moved(pipeline: Pipeline, device: torch.device) -> torch.device:
+    pipeline.to(device)
+    return device
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from purify._checks import check_image_batch, check_int, per_sample
-from purify.errors import DTypeError, NonDifferentiableError, ShapeError
+from purify.errors import DTypeError, NonDifferentiableError, ShapeError, UnknownNameError
 
-__all__ = ["dct_matrix", "block_dct2d", "block_idct2d", "dct_quantize", "DCTQuantize"]
+__all__ = ["dct_matrix", "block_dct2d", "block_idct2d", "dct_quantize", "DCTQuantize", "rounding_margin"]
 
 # Dtypes the transform is computed in; float16 / bfloat16 inputs are promoted to float32.
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
@@ -202,15 +202,54 @@ def dct_quantize(x: Tensor, /, *, q: float | Tensor = 10.0, block_size: int = 8,
             f"{fn}: expected ste to be a bool, got {type(ste).__name__}; pass ste=True or ste=False"
         )
     work = x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)
-    step = per_sample(fn, q, name="q", batch=x.shape[0], like=work, low=0.0, low_inclusive=False).detach()
+    step = per_sample(fn, q, name="q", batch=x.shape[0], like=work, low=0.0, low_inclusive=False)
+    return _dct_core(x, q=step, block_size=m, ste=ste)
 
-    h, w = x.shape[-2:]
-    padded = _pad_bottom_right(work, m)
+
+def _coefficients(x: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The blockwise DCT coefficients of ``x`` padded to whole blocks, and the DCT matrix."""
+    work = x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)
     d = dct_matrix(m, dtype=work.dtype, device=work.device)
-    coeffs = _separable(padded, d, m)
-    coeffs = (_RoundSTE if ste else _RoundNoGrad).apply(coeffs, step)
-    out = _separable(coeffs, d.T, m)[..., :h, :w].clamp(0.0, 1.0)
+    return _separable(_pad_bottom_right(work, m), d, m), d
+
+
+def _step(q: float | Tensor, like: Tensor) -> Tensor:
+    """A float or (B,) / (B, 1, 1, 1) step as a detached (B, 1, 1, 1) tensor (no checks)."""
+    t = torch.as_tensor(q, dtype=like.dtype, device=like.device).detach()
+    b = like.shape[0]
+    return t.expand(b).reshape(b, 1, 1, 1) if t.dim() == 0 else t.reshape(b, 1, 1, 1)
+
+
+def _dct_core(x: Tensor, *, q: float | Tensor, block_size: int, ste: bool) -> Tensor:
+    """:func:`dct_quantize` without its checks: for callers that checked once (pipelines, attack loops)."""
+    h, w = x.shape[-2:]
+    coeffs, d = _coefficients(x, block_size)
+    coeffs = (_RoundSTE if ste else _RoundNoGrad).apply(coeffs, _step(q, coeffs))
+    out = _separable(coeffs, d.T, block_size)[..., :h, :w].clamp(0.0, 1.0)
     return out.to(x.dtype)
+
+
+def rounding_margin(x: Tensor, *, q: float | Tensor = 10.0, block_size: int = 8) -> Tensor:
+    """Per image, the smallest distance of a DCT coefficient to a rounding boundary ``(k + 1/2)·q/255``.
+
+    On the scale of the coefficients of the [0, 1] image (one quantization step is ``q / 255``, so
+    the largest possible margin is ``q / 510``). Two correct implementations may round a
+    coefficient differently when its margin is below their float noise; comparisons of a
+    quantizing stage across kernels are well defined only for images whose margin exceeds it.
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; q: float or (B,); output: (B,), same dtype family as x.
+    Example:
+        >>> x = torch.zeros(1, 1, 8, 8)            # every coefficient is 0: half a step from a boundary
+        >>> torch.allclose(rounding_margin(x, q=10.0), torch.tensor([5.0 / 255]))
+        True
+    """
+    coeffs, _ = _coefficients(x, block_size)
+    step = _step(q, coeffs)
+    scaled = coeffs * 255.0 / step   # the order _quantize rounds in
+    frac = scaled - torch.floor(scaled)
+    margin = (frac - 0.5).abs() * step / 255.0
+    return margin.amin(dim=(1, 2, 3)) if x.shape[0] else scaled.new_zeros(0)
 
 
 class DCTQuantize(nn.Module):
@@ -233,6 +272,20 @@ class DCTQuantize(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return dct_quantize(x, q=self.q, block_size=self.block_size, ste=self.ste)
+
+    def _merged(self, overrides: dict) -> dict:
+        unknown = set(overrides) - {"q"}
+        if unknown:
+            raise UnknownNameError(f"DCTQuantize.run: unknown per-sample override(s) {sorted(unknown)}; expected 'q'")
+        return {"q": self.q, "block_size": self.block_size, **overrides}
+
+    def run(self, x: Tensor, *, generator: torch.Generator | None = None, **overrides: Tensor | float) -> Tensor:
+        """The unchecked quantization with a per-sample ``q`` override; ``generator`` is unused (deterministic)."""
+        return _dct_core(x, ste=self.ste, **self._merged(overrides))
+
+    def rounding_margin(self, x: Tensor, **overrides: Tensor | float) -> Tensor:
+        """:func:`rounding_margin` of ``x`` at this stage's settings; (B,)."""
+        return rounding_margin(x, **self._merged(overrides))
 
     def extra_repr(self) -> str:
         q = f"tensor{tuple(self.q.shape)}" if isinstance(self.q, Tensor) else repr(self.q)

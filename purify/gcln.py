@@ -14,7 +14,9 @@ whole blocks and crops back.
 
 The shipped generator is an artifact in ``purify/weights/`` (``<name>.safetensors`` plus
 ``<name>.json`` with q, block size, architecture, training data, the training command and the
-sha256 checked on load). :func:`gcln_purify` loads it once per (file, device).
+sha256 checked on load), resolved and verified by :mod:`purify._artifacts`. :class:`GCLN` loads
+its own copy at construction, as its submodule ``net``; the functional :func:`gcln_purify` with a
+name or path reads it through :func:`load_generator`'s small cache (once per file and device).
 
 Example:
     >>> g = CleaningGenerator(q=10.0)
@@ -34,18 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from purify._checks import check_float, check_image_batch, check_int
-from purify.dct import dct_quantize
-from purify.errors import DataNotFoundError, DTypeError, ShapeError
-from purify._artifacts import load_artifact, save_artifact
+from purify._artifacts import (SHIPPED_DIR, artifact_paths, list_artifacts, load_artifact, resolve_artifact,
+                               save_artifact)
+from purify._checks import check_float, check_image_batch, check_int, per_sample
+from purify.dct import _dct_core, dct_quantize, rounding_margin  # noqa: F401 - dct_quantize: the doctests use it
+from purify.errors import DTypeError, ShapeError, UnknownNameError
 
 __all__ = ["CleaningGenerator", "AttackDetector", "count_parameters", "count_flops", "gcln_purify", "GCLN",
            "load_generator", "save_generator", "resolve_generator", "ARTIFACT_FORMAT", "DEFAULT_WEIGHTS",
-           "TRAIN_COMMAND"]
+           "TRAIN_COMMAND", "RUN_OVERRIDES"]
 
 ARTIFACT_FORMAT = "purify.gcln_generator"
 DEFAULT_WEIGHTS = "gcln_cifar10"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = SHIPPED_DIR      # kept for callers of the old name; artifacts resolve in purify._artifacts
 #: The command that made the shipped artifact (41 minutes on 2 CPU cores, attack generation included).
 TRAIN_COMMAND = ("python -m purify.training.gcln --data-dir ../shared/data --out purify/weights/gcln_cifar10 "
                  "--train-count 15000 --threads 2")
@@ -131,10 +134,17 @@ class CleaningGenerator(nn.Module):
         m = self.block_size
         return 2 * 3 * (-(-h // m) * m) * (-(-w // m) * m) * 2 * m
 
+    def quantizer_input(self, x: Tensor) -> Tensor:
+        """What the quantization layer sees: the stem's output, ``(x + stem(x)).clamp(0, 1)``."""
+        return (x + self.stem(x)).clamp(0.0, 1.0)
+
     def forward(self, x: Tensor, *, ste: bool = False, q: float | Tensor | None = None) -> Tensor:
-        """Clean ``x``; ``ste`` gives the rounding an identity gradient, ``q`` overrides the trained step."""
-        z = (x + self.stem(x)).clamp(0.0, 1.0)
-        z = dct_quantize(z, q=self.q if q is None else q, block_size=self.block_size, ste=ste)
+        """Clean ``x``; ``ste`` gives the rounding an identity gradient, ``q`` overrides the trained step.
+
+        The quantizer is :func:`~purify.dct.dct_quantize`'s unchecked core: ``q`` (a float or a
+        ``(B,)`` tensor) is not checked here; :func:`gcln_purify` checks it once.
+        """
+        z = _dct_core(self.quantizer_input(x), q=self.q if q is None else q, block_size=self.block_size, ste=ste)
         h = self.body(F.relu(self.head(z)))
         return (z + self.tail(h)).clamp(0.0, 1.0)
 
@@ -218,33 +228,27 @@ def count_flops(module: nn.Module, shape: tuple[int, int, int] = (3, 32, 32)) ->
 # The shipped artifact
 # ----------------------------------------------------------------------------------------------
 
+_MISSING_HINT = (f"Train the default one with `{TRAIN_COMMAND}` (41 minutes on 2 CPU cores; add --device cuda on a "
+                 "GPU), or pass weights=<path of a trained artifact>")
+
+
+def _resolve(weights: str | os.PathLike, fn: str) -> Path:
+    return resolve_artifact(weights, format=ARTIFACT_FORMAT, what="generator", fn=fn, hint=_MISSING_HINT)
+
 
 def resolve_generator(weights: str | os.PathLike = DEFAULT_WEIGHTS) -> Path:
     """The ``.json`` of a generator artifact: a shipped name (``"gcln_cifar10"``) or a path.
 
+    Resolution is :func:`purify._artifacts.resolve_artifact`'s (the same for every shipped artifact).
+
     Raises:
-        DataNotFoundError: the artifact does not exist; the message gives the training command.
+        DTypeError (not a name or path), DataNotFoundError: the artifact does not exist; the
+        message lists the shipped generators and gives the training command.
     Example:
-        >>> resolve_generator("purify/weights/gcln_cifar10").name   # doctest: +SKIP
+        >>> resolve_generator("gcln_cifar10").name
         'gcln_cifar10.json'
     """
-    if not isinstance(weights, (str, os.PathLike)):
-        raise DTypeError(f"gcln: expected weights to be a shipped name or a path, got {type(weights).__name__}")
-    p = Path(weights)
-    if p.suffix in (".json", ".safetensors"):
-        p = p.with_suffix("")
-    local = p.with_suffix(".json")
-    shipped = WEIGHTS_DIR / f"{p.name}.json"
-    if local.is_file() and p.with_suffix(".safetensors").is_file():
-        return local
-    if not p.parent.parts and shipped.is_file():
-        return shipped
-    names = sorted(f.stem for f in WEIGHTS_DIR.glob("gcln*.json"))
-    raise DataNotFoundError(
-        f"gcln: no generator weights at {weights!r} (looked for {local}{'' if p.parent.parts else f' and {shipped}'}); "
-        f"shipped generators: {names or 'none yet'}. Train the default one with `{TRAIN_COMMAND}` "
-        "(41 minutes on 2 CPU cores; add --device cuda on a GPU), or pass weights=<path of a trained artifact>"
-    )
+    return _resolve(weights, "resolve_generator")
 
 
 def save_generator(path: str | os.PathLike, generator: CleaningGenerator, meta: Mapping[str, Any]) -> Path:
@@ -256,41 +260,108 @@ def save_generator(path: str | os.PathLike, generator: CleaningGenerator, meta: 
     return save_artifact(path, state, config)
 
 
-@functools.lru_cache(maxsize=8)
-def _load_cached(json_path: str, stamp: tuple[int, int], device: str) -> CleaningGenerator:
-    tensors, cfg = load_artifact(json_path, expected_format=ARTIFACT_FORMAT)
+def _read_generator(json_path: Path, fn: str) -> CleaningGenerator:
+    """A new generator built from an artifact (sha256 checked), in eval mode with frozen parameters, on the CPU."""
+    tensors, cfg = load_artifact(json_path, expected_format=ARTIFACT_FORMAT, fn=fn)
     generator = CleaningGenerator(**cfg["architecture"])
     generator.load_state_dict(tensors, strict=True)
     generator.artifact = cfg          # the json (q, training data, command, sha256, validation figures)
-    return generator.eval().requires_grad_(False).to(device)
+    return generator.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(json_path: str, stamp: tuple[int, int], device: str) -> CleaningGenerator:
+    # The functional form's cache (load_generator, gcln_purify with a name or path); GCLN never reads it.
+    return _read_generator(Path(json_path), "load_generator").to(device)
+
+
+def _load_shared(weights: str | os.PathLike, device: str | torch.device, fn: str) -> CleaningGenerator:
+    path = _resolve(weights, fn)
+    st = artifact_paths(path)[0].stat()
+    return _load_cached(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(torch.device(device)))
 
 
 def load_generator(weights: str | os.PathLike = DEFAULT_WEIGHTS, *,
                    device: str | torch.device = "cpu") -> CleaningGenerator:
     """The trained generator of an artifact, in eval mode with frozen parameters, on ``device``.
 
-    The sha256 recorded in the json is checked on the first load; the module is then cached per
-    (file, modification time, device), so repeated calls are free and a retrained file is
-    reloaded. Treat the returned module as read-only: it is shared between callers.
+    This is the functional form's loader: the sha256 recorded in the json is checked on the first
+    load, and the module is then kept in a small cache (8 entries) keyed by the json's resolved
+    path, the weights file's modification time and size, and the device, so repeated calls are
+    free and a retrained file is reloaded. Treat the returned module as read-only: it is shared
+    between callers. :class:`GCLN` does not use this cache; it loads its own copy.
 
     Raises:
-        DataNotFoundError (no artifact; the message says how to train it), ChecksumError.
+        DataNotFoundError (no artifact; the message says how to train it), ChecksumError, ArtifactError.
     Example:
-        >>> g = load_generator("gcln_cifar10")           # doctest: +SKIP
-        >>> g.artifact["q"], g.artifact["sha256"][:8]    # doctest: +SKIP
+        >>> g = load_generator("gcln_cifar10")
+        >>> g.artifact["q"], g is load_generator("gcln_cifar10")
+        (10.0, True)
     """
-    path = resolve_generator(weights)
-    st = (path.with_suffix(".safetensors")).stat()
-    return _load_cached(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(torch.device(device)))
+    return _load_shared(weights, device, "load_generator")
 
 
-def gcln_purify(x: Tensor, /, *, weights: str | os.PathLike = DEFAULT_WEIGHTS, ste: bool = False,
+# ----------------------------------------------------------------------------------------------
+# The purifier: checked function, unchecked core, module twin
+# ----------------------------------------------------------------------------------------------
+
+#: What :meth:`GCLN.run` accepts as per-call overrides.
+RUN_OVERRIDES = ("q", "ste")
+
+
+def _check_q(fn: str, q: object, x: Tensor | None) -> None:
+    if q is None:
+        return
+    if isinstance(q, Tensor) and x is None:           # at construction the batch size is not known yet
+        if q.dim() != 1:
+            raise ShapeError(f"{fn}: expected q to be a float or a (B,) tensor, got shape {tuple(q.shape)}; "
+                             "give one value per image")
+        per_sample(fn, q, name="q", batch=q.shape[0], like=q.float(), low=0.0, low_inclusive=False)
+    elif isinstance(q, Tensor):
+        per_sample(fn, q, name="q", batch=x.shape[0], like=x, low=0.0, low_inclusive=False)
+    else:
+        check_float(fn, q, name="q", low=0.0, low_inclusive=False)
+
+
+def _check_ste(fn: str, ste: object) -> None:
+    if not isinstance(ste, bool):
+        raise DTypeError(f"{fn}: expected ste to be a bool, got {type(ste).__name__}; pass ste=True or ste=False")
+
+
+def _gcln_core(x: Tensor, generator: CleaningGenerator, *, ste: bool, q: float | Tensor | None) -> Tensor:
+    """Unchecked core of :func:`gcln_purify`: run ``generator`` on ``x`` in the generator's dtype, cast back.
+
+    No input checks, no file access: callers check at their boundary (:func:`gcln_purify`) or
+    own a checked module (:meth:`GCLN.run`). Traceable (ONNX export).
+    """
+    p = next(generator.parameters(), None)
+    dtype = torch.float32 if p is None else p.dtype
+    out = generator(x if x.dtype == dtype else x.to(dtype), ste=ste, q=q)
+    return out.to(x.dtype)
+
+
+def _generator_for(fn: str, weights: object, device: torch.device) -> CleaningGenerator:
+    if isinstance(weights, CleaningGenerator):
+        p = next(weights.parameters(), None)
+        if p is not None and p.device != device:
+            raise DTypeError(f"{fn}: the generator is on {p.device} but x is on {device}; move the module "
+                             "(GCLN(...).to(x.device)) or the input")
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        return _load_shared(weights, device, fn)
+    raise DTypeError(f"{fn}: expected weights to be a shipped name, a path or a CleaningGenerator, got "
+                     f"{type(weights).__name__}; shipped: {list_artifacts(ARTIFACT_FORMAT)}")
+
+
+def gcln_purify(x: Tensor, /, *, weights: str | os.PathLike | CleaningGenerator = DEFAULT_WEIGHTS, ste: bool = False,
                 q: float | Tensor | None = None) -> Tensor:
     """Clean a batch with a trained generative cleaning network.
 
-    Runs the generator of ``weights`` (a shipped name or an artifact path) on ``x``'s device.
-    Deterministic and batch-consistent. float16 / bfloat16 / float64 inputs are computed in
-    float32 and cast back.
+    Runs the generator of ``weights`` on ``x``: a shipped name or an artifact path (loaded onto
+    ``x``'s device through :func:`load_generator`'s cache), or a :class:`CleaningGenerator`
+    instance (used as it is; it must be on ``x``'s device). Deterministic and batch-consistent.
+    Inputs of another dtype than the generator's (float32 when loaded) are computed in the
+    generator's dtype and cast back.
 
     Gradients: with ``ste=False`` a backward pass raises
     :class:`~purify.errors.NonDifferentiableError` (the rounding inside G has no gradient);
@@ -299,54 +370,120 @@ def gcln_purify(x: Tensor, /, *, weights: str | os.PathLike = DEFAULT_WEIGHTS, s
 
     Args:
         x: image batch with values in [0, 1].
-        weights: shipped generator name (``purify/weights/<name>.json``) or artifact path.
+        weights: shipped generator name (``purify/weights/<name>.json``), artifact path, or generator.
         ste: straight-through gradient through the quantization layer.
         q: quantization step overriding the trained one (a float or one per image); None keeps it.
 
     Shape:
-        x: (B, 3, H, W), floating, values in [0, 1]; output: same shape, dtype and device.
+        x: (B, 3, H, W), floating, values in [0, 1]; q: float or (B,); output: same shape, dtype
+        and device as x.
     Raises:
         ShapeError, RangeError, DTypeError, DataNotFoundError (no weights; the message says how
         to train them), ChecksumError; NonDifferentiableError on backward with ``ste=False``.
     Example:
-        >>> gcln_purify(torch.rand(2, 3, 32, 32)).shape               # doctest: +SKIP
+        >>> gcln_purify(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 3, 32, 32])
-        >>> gcln_purify(torch.rand(1, 3, 64, 48), ste=True).shape      # doctest: +SKIP
-        torch.Size([1, 3, 64, 48])
+        >>> gcln_purify(torch.rand(1, 3, 37, 31), ste=True, q=torch.tensor([5.0])).shape
+        torch.Size([1, 3, 37, 31])
     """
     fn = "gcln_purify"
     x = check_image_batch(fn, x)
-    if not isinstance(ste, bool):
-        raise DTypeError(f"{fn}: expected ste to be a bool, got {type(ste).__name__}; pass ste=True or ste=False")
     if x.shape[1] != 3:
         raise ShapeError(f"{fn}: expected x with 3 channels, got shape {tuple(x.shape)}; "
                          "convert grayscale with x.expand(-1, 3, -1, -1)")
-    generator = load_generator(weights, device=x.device)
-    out = generator(x if x.dtype == torch.float32 else x.float(), ste=ste, q=q)
-    return out.to(x.dtype)
+    _check_ste(fn, ste)
+    _check_q(fn, q, x)
+    return _gcln_core(x, _generator_for(fn, weights, x.device), ste=ste, q=q)
 
 
 class GCLN(nn.Module):
-    """Module twin of :func:`gcln_purify`; ``forward`` only calls the function.
+    """Module twin of :func:`gcln_purify`; it owns its generator as the submodule ``net``.
 
-    The weights are loaded on the first forward (and cached), not at construction.
+    ``weights`` (a shipped name or an artifact path) is loaded at construction, sha256 checked,
+    into a generator of this module's own (eval mode, parameters frozen; unfreeze with
+    ``gcln.net.requires_grad_(True)`` to fine-tune), so ``parameters()``, ``state_dict()``,
+    ``load_state_dict()`` and ``.to()`` act on the weights it computes with. A
+    :class:`CleaningGenerator` passed as ``weights`` becomes ``net`` as it is. The attribute ``q``
+    holds the effective step (the generator's trained one when ``q=None``); a tensor ``q`` is a
+    non-persistent buffer (moves with ``.to()``, not in ``state_dict``).
+
+    ``forward(x)`` only calls :func:`gcln_purify` (checked); ``run(x, generator=None, **overrides)``
+    calls the unchecked core with this module's ``ste`` / ``q`` replaced by ``overrides`` (the
+    pipeline protocol; ``generator`` is accepted and ignored, the stage being deterministic);
+    ``rounding_margin(x, **overrides)`` gives each image's distance to a rounding boundary of the
+    quantizer inside. None of them reads a file, so they trace (ONNX export).
 
     Shape:
         x: (B, 3, H, W), floating, values in [0, 1]; output: same shape, dtype and device.
+    Raises:
+        At construction: DataNotFoundError, ChecksumError, ArtifactError, DTypeError, RangeError.
     Example:
-        >>> GCLN(weights="gcln_cifar10")
-        GCLN(weights='gcln_cifar10', ste=False, q=None)
+        >>> m = GCLN(weights="gcln_cifar10")
+        >>> m.weights, m.q, sum(p.numel() for p in m.parameters())
+        ('gcln_cifar10', 10.0, 179926)
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> torch.equal(m(x), m.run(x)), m.run(x, q=5.0).shape
+        (True, torch.Size([2, 3, 32, 32]))
     """
 
-    def __init__(self, *, weights: str | os.PathLike = DEFAULT_WEIGHTS, ste: bool = False,
+    def __init__(self, *, weights: str | os.PathLike | CleaningGenerator = DEFAULT_WEIGHTS, ste: bool = False,
                  q: float | Tensor | None = None) -> None:
         super().__init__()
-        self.weights = weights
+        fn = "GCLN"
+        _check_ste(fn, ste)
+        _check_q(fn, q, None)
+        if isinstance(weights, CleaningGenerator):
+            net, source = weights, None
+        elif isinstance(weights, (str, os.PathLike)):
+            net, source = _read_generator(_resolve(weights, fn), fn), weights    # its own copy, never the cache
+        else:
+            raise DTypeError(f"{fn}: expected weights to be a shipped name, a path or a CleaningGenerator, got "
+                             f"{type(weights).__name__}; shipped: {list_artifacts(ARTIFACT_FORMAT)}")
+        self.net = net
+        #: The name or path the generator was loaded from (None when a module was passed).
+        self.weights = source
         self.ste = ste
-        self.q = q
+        # q: the step in use, its effective value (the generator's trained q when None was given).
+        if isinstance(q, Tensor):
+            self.register_buffer("q", q.detach().clone(), persistent=False)
+        else:
+            self.q = float(net.q) if q is None else float(q)
 
     def forward(self, x: Tensor) -> Tensor:
-        return gcln_purify(x, weights=self.weights, ste=self.ste, q=self.q)
+        return gcln_purify(x, weights=self.net, ste=self.ste, q=self.q)
+
+    def _merged(self, fn: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(overrides) - set(RUN_OVERRIDES))
+        if unknown:
+            raise UnknownNameError(f"{fn}: unknown override(s) {', '.join(map(repr, unknown))}; it takes "
+                                   f"{', '.join(map(repr, RUN_OVERRIDES))} (weights load at construction: build "
+                                   "another GCLN)")
+        return {"ste": self.ste, "q": self.q, **overrides}
+
+    def run(self, x: Tensor, *, generator: torch.Generator | None = None, **overrides: Any) -> Tensor:
+        """Unchecked call: this module's ``ste`` / ``q`` with ``overrides`` applied; ``generator`` is ignored.
+
+        ``x`` and the overrides' values are not checked (the caller checked them at its boundary).
+        ``q`` may be a float or a ``(B,)`` tensor.
+
+        Raises:
+            UnknownNameError: an override other than ``q`` / ``ste``.
+        """
+        p = self._merged("GCLN.run", overrides)
+        return _gcln_core(x, self.net, ste=p["ste"], q=p["q"])
+
+    def rounding_margin(self, x: Tensor, **overrides: Any) -> Tensor:
+        """Per image, the distance (in quantization steps) of the generator's closest DCT coefficient
+        to a rounding boundary (:func:`purify.dct.rounding_margin` of what its quantizer sees); (B,).
+
+        Unchecked, like :meth:`run`; ``ste`` is accepted and changes nothing.
+        """
+        p = self._merged("GCLN.rounding_margin", overrides)
+        dtype = next(self.net.parameters()).dtype
+        z = self.net.quantizer_input(x if x.dtype == dtype else x.to(dtype))
+        return rounding_margin(z, q=self.net.q if p["q"] is None else p["q"], block_size=self.net.block_size)
 
     def extra_repr(self) -> str:
-        return f"weights={str(self.weights)!r}, ste={self.ste}, q={self.q!r}"
+        q = f"tensor{tuple(self.q.shape)}" if isinstance(self.q, Tensor) else repr(self.q)
+        w = "<module>" if self.weights is None else repr(str(self.weights))
+        return f"weights={w}, ste={self.ste}, q={q}"

@@ -1,11 +1,24 @@
 """A pipeline of named purification stages, and a classifier defended by one.
 
+The pipeline is the one implementation of stage dispatch: ``purify()``, the server (torch and
+ONNX backends), the ONNX export and the benchmark harness all run a :class:`Pipeline`. It holds
+each stage's module twin (so ``.to()``, ``.parameters()`` and ``state_dict`` see, e.g., the
+cleaning generator's weights), takes per-sample ``overrides`` (one mapping per stage, values a
+float or a ``(B,)`` tensor, names from the stage's ``spec.per_sample``), and turns the
+randomness of randomized stages into explicit inputs with :meth:`Pipeline.draw_inputs`.
+
+Checks run once: :meth:`Pipeline.forward` checks the batch, the generator and the overrides,
+then calls :meth:`Pipeline.run`, which calls each stage's unchecked core. Code that checked its
+input already (an attack loop, the server) calls ``run`` directly.
+
 Example:
     >>> pipe = Pipeline.from_spec(["tvm", ("dct", {"q": 10})])
     >>> pipe.names, pipe.randomized, pipe.differentiable
     (['tvm', 'dct'], True, False)
-    >>> pipe(torch.rand(2, 3, 32, 32), generator=torch.Generator().manual_seed(0)).shape
+    >>> x = torch.rand(2, 3, 32, 32)
+    >>> pipe(x, generator=torch.Generator().manual_seed(0)).shape
     torch.Size([2, 3, 32, 32])
+    >>> z = pipe(x, overrides=[{"weight": torch.tensor([0.05, 0.1])}, {"q": 8.0}])   # per-sample settings
 """
 
 from __future__ import annotations
@@ -17,18 +30,20 @@ import torch
 from torch import Tensor, nn
 
 from purify._checks import check_generator, check_image_batch
-from purify.errors import DTypeError, PurifyError
+from purify.errors import DTypeError, PurifyError, ShapeError, UnknownNameError
 from purify.registry import PurifierSpec, check_stage_params, get_purifier_spec
 
-__all__ = ["Stage", "Pipeline", "DefendedClassifier", "StageSpec"]
+__all__ = ["Stage", "Pipeline", "DefendedClassifier", "StageSpec", "Overrides"]
 
 # A stage as users write it: "tvm", or ("dct", {"q": 10}).
 StageSpec = Union[str, tuple[str, Mapping[str, Any]]]
+# Per-sample settings: one mapping per stage, {parameter: float or (B,) tensor}.
+Overrides = Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One registered stage with its fixed keyword parameters."""
+    """One registered stage with its fixed keyword parameters (the description; the pipeline builds its module)."""
 
     spec: PurifierSpec
     params: Mapping[str, Any]
@@ -37,18 +52,13 @@ class Stage:
     def name(self) -> str:
         return self.spec.name
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        params = dict(self.params)
-        if self.spec.randomized and generator is not None:
-            params["generator"] = generator
-        return self.spec.function(x, **params)
-
 
 class Pipeline(nn.Module):
     """Stages applied in order; randomized stages draw from the generator given at call time.
 
     Shape:
         input: (B, C, H, W) in [0, 1]; output: same shape, dtype and device.
+        overrides: one mapping per stage, values a float or a (B,) tensor (a TVM mask: (B, 1, H, W)).
     """
 
     def __init__(self, stages: Sequence[Stage]) -> None:
@@ -56,6 +66,7 @@ class Pipeline(nn.Module):
         if not stages:
             raise PurifyError("Pipeline: expected at least one stage, got none; e.g. Pipeline.from_spec(['tvm'])")
         self.stages = tuple(stages)
+        self.purifiers = nn.ModuleList(s.spec.module(**s.params) for s in self.stages)
 
     @classmethod
     def from_spec(cls, spec: StageSpec | Iterable[StageSpec]) -> "Pipeline":
@@ -92,12 +103,64 @@ class Pipeline(nn.Module):
     def randomized(self) -> bool:
         return any(s.spec.randomized for s in self.stages)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def stage_defaults(self, index: int) -> dict[str, Any]:
+        """Stage ``index``'s parameters: its function's defaults updated with the pipeline's settings."""
+        stage = self.stages[index]
+        return {**stage.spec.defaults(), **stage.params}
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, *,
+                overrides: Overrides | None = None) -> Tensor:
+        """Check ``x``, ``generator`` and ``overrides`` once, then :meth:`run`."""
         check_image_batch("Pipeline", x)
         check_generator("Pipeline", generator, x.device)
-        for stage in self.stages:
-            x = stage(x, generator)
+        return self.run(x, generator=generator, overrides=self.check_overrides(x, overrides))
+
+    def run(self, x: Tensor, *, generator: torch.Generator | None = None,
+            overrides: Overrides | None = None) -> Tensor:
+        """The stages' unchecked cores in order: for callers that checked ``x`` (and the overrides) already."""
+        for i, module in enumerate(self.purifiers):
+            x = module.run(x, generator=generator, **(overrides[i] if overrides else {}))
         return x
+
+    def draw_inputs(self, x: Tensor, *, generator: torch.Generator | None = None,
+                    overrides: Overrides | None = None) -> list[dict[str, Any]]:
+        """``overrides`` completed with every randomized stage's explicit random inputs (e.g. TVM's mask).
+
+        ``run(x, overrides=draw_inputs(x, generator=g))`` equals ``run(x, generator=g)`` for the same
+        state of ``g``, stage by stage; with the drawn inputs fixed, the pipeline is deterministic.
+        Inputs are drawn for the image size of ``x`` (stages keep it).
+        """
+        out = []
+        for i, (stage, module) in enumerate(zip(self.stages, self.purifiers)):
+            given = dict(overrides[i]) if overrides else {}
+            if stage.spec.random_inputs:
+                given.update(module.draw_inputs(x, generator=generator, **given))
+            out.append(given)
+        return out
+
+    def check_overrides(self, x: Tensor, overrides: Overrides | None) -> list[dict[str, Any]] | None:
+        """Check per-sample overrides against each stage's ``spec.per_sample``; returns them as tensors."""
+        if overrides is None:
+            return None
+        if isinstance(overrides, Mapping) or len(overrides) != len(self.stages):
+            raise ShapeError(f"Pipeline: expected overrides as a list of {len(self.stages)} mappings (one per stage: "
+                             f"{', '.join(self.names)}), got {type(overrides).__name__} of length "
+                             f"{len(overrides) if hasattr(overrides, '__len__') else '?'}")
+        checked = []
+        for stage, given in zip(self.stages, overrides):
+            if not isinstance(given, Mapping):
+                raise DTypeError(f"Pipeline: expected a mapping of overrides for stage {stage.name!r}, "
+                                 f"got {type(given).__name__}")
+            allowed = stage.spec.per_sample
+            unknown = sorted(set(given) - set(allowed))
+            if unknown:
+                raise UnknownNameError(f"Pipeline: stage {stage.name!r} cannot vary {', '.join(map(repr, unknown))} "
+                                       f"per sample; it can vary {', '.join(map(repr, allowed)) or 'nothing'}")
+            checked.append({k: allowed[k]("Pipeline", f"overrides[{stage.name!r}][{k!r}]", v, x)
+                            for k, v in given.items()})
+        return checked
 
     def extra_repr(self) -> str:
         return ", ".join(f"{s.name}({', '.join(f'{k}={v!r}' for k, v in s.params.items())})" for s in self.stages)
@@ -113,6 +176,9 @@ class DefendedClassifier(nn.Module):
     which behaves like logits (argmax, softmax and cross-entropy give the head's label, scores
     and loss). In the head's ``"transductive"`` mode a prediction depends on the other images of
     the batch; the default ``"inductive"`` mode is batch-consistent.
+
+    ``forward`` checks its input once; :meth:`run` is the unchecked path for callers that did
+    (attack loops, the server).
 
     Shape:
         input: (B, C, H, W) in [0, 1]; output: (B, num_classes) logits (log-scores with a head).
@@ -135,9 +201,22 @@ class DefendedClassifier(nn.Module):
         self.classifier = classifier
         self.head = head
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, *,
+                overrides: Overrides | None = None) -> Tensor:
+        if self.pipeline is None:
+            if overrides:
+                raise DTypeError("DefendedClassifier: overrides need a pipeline; this classifier has none")
+            check_image_batch("DefendedClassifier", x)
+            return self.run(x)
+        check_image_batch("DefendedClassifier", x)
+        check_generator("DefendedClassifier", generator, x.device)
+        return self.run(x, generator=generator, overrides=self.pipeline.check_overrides(x, overrides))
+
+    def run(self, x: Tensor, *, generator: torch.Generator | None = None,
+            overrides: Overrides | None = None) -> Tensor:
+        """Unchecked: purify with :meth:`Pipeline.run`, classify, and apply the head."""
         if self.pipeline is not None:
-            x = self.pipeline(x, generator=generator)
+            x = self.pipeline.run(x, generator=generator, overrides=overrides)
         if self.head is None:
             return self.classifier(x)
         return self.head.log_scores(self.classifier.features(x))

@@ -46,9 +46,9 @@ from torch import Tensor, nn
 
 from purify._checks import (check_choice, check_float, check_generator, check_image_batch, check_int,
                             per_sample)
-from purify.errors import DTypeError, RangeError, ShapeError
+from purify.errors import DTypeError, RangeError, ShapeError, UnknownNameError
 
-__all__ = ["tv_minimize", "TVMinimize", "bernoulli_mask", "DEFAULT_TV_ITERS"]
+__all__ = ["tv_minimize", "TVMinimize", "bernoulli_mask", "check_mask", "DEFAULT_TV_ITERS"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ _RELAXATION = 1.9
 STEP_RATIO_SCALE = 0.4
 _MASK_MODES = ("pixel", "element")
 _BACKENDS = ("auto", "torch", "numba")
+_PER_SAMPLE = frozenset({"weight", "drop_prob", "mask"})
 # numba's default threading layer aborts the process when two Python threads launch a parallel
 # kernel at once (e.g. a threaded server). Launches are serialized; each launch is itself parallel.
 _NUMBA_LAUNCH = threading.Lock()
@@ -135,20 +136,50 @@ def tv_minimize(x: Tensor, /, *, weight: float | Tensor = 0.03, drop_prob: float
         check_float(fn, tol, name="tol", low=0.0)
     check_generator(fn, generator, x.device)
     b = x.shape[0]
-    work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    xw = x.to(work_dtype)
-    lam = per_sample(fn, weight, name="weight", batch=b, like=xw)
+    like = x.to(_work_dtype(x))
+    weight = per_sample(fn, weight, name="weight", batch=b, like=like)
     if mask is None:
-        p = per_sample(fn, drop_prob, name="drop_prob", batch=b, like=xw, high=1.0)
-        mask = _draw_mask(xw, p, mask_mode, generator)
+        drop_prob = per_sample(fn, drop_prob, name="drop_prob", batch=b, like=like, high=1.0)
     else:
-        mask = _check_mask(fn, mask, xw)
+        mask = check_mask(fn, mask, like)
+    if backend == "numba":
+        _require_numba(fn, x, torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    return _tv_core(x, weight=weight, drop_prob=drop_prob, mask=mask, mask_mode=mask_mode, iters=iters, tol=tol,
+                    generator=generator, backend=backend)
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _as_column(value: float | Tensor, b: int, like: Tensor) -> Tensor:
+    """A float or a (B,) / (B, 1, 1, 1) tensor as a (B, 1, 1, 1) tensor like ``like`` (no checks)."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    return t.expand(b).reshape(b, 1, 1, 1) if t.dim() == 0 else t.reshape(b, 1, 1, 1)
+
+
+def _tv_core(x: Tensor, *, weight: float | Tensor, drop_prob: float | Tensor, mask: Tensor | None,
+             mask_mode: str, iters: int, tol: float | None, generator: torch.Generator | None,
+             backend: str) -> Tensor:
+    """:func:`tv_minimize` without its checks: for callers that checked once (pipelines, attack loops).
+
+    ``mask`` may be any 0/1 tensor broadcastable to x (as :func:`check_mask` returns); ``weight`` and
+    ``drop_prob`` floats or per-image tensors.
+    """
+    b = x.shape[0]
+    xw = x.to(_work_dtype(x))
+    lam = _as_column(weight, b, xw)
+    if mask is None:
+        mask = _draw_mask(xw, _as_column(drop_prob, b, xw), mask_mode, generator)
+    else:
+        mask = (mask[None, None] if mask.dim() == 2 else mask).to(device=xw.device, dtype=xw.dtype)
     if b == 0:
         return x.clone()
 
     keep = (1.0 - mask).expand_as(xw)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or lam.requires_grad)
-    use_numba = _choose_numba(fn, backend, xw, needs_grad)
+    use_numba = backend != "torch" and xw.device.type == "cpu" and not needs_grad \
+        and xw.dtype in (torch.float32, torch.float64) and _numba_kernel() is not None
     tau, sig = _step_sizes(lam, keep)
     if use_numba:
         z = _pdhg_numba(xw, keep, tau, sig, lam, iters=iters, tol=tol)
@@ -157,7 +188,8 @@ def tv_minimize(x: Tensor, /, *, weight: float | Tensor = 0.03, drop_prob: float
     return z.to(x.dtype)
 
 
-def _check_mask(fn: str, mask: object, x: Tensor) -> Tensor:
+def check_mask(fn: str, mask: object, x: Tensor) -> Tensor:
+    """Check a drop mask for ``x`` (0/1 or bool, (H, W) or broadcastable to x) and return it in x's dtype."""
     if not isinstance(mask, Tensor):
         raise DTypeError(f"{fn}: expected mask to be a torch.Tensor or None, got {type(mask).__name__}")
     b, c, h, w = x.shape
@@ -179,19 +211,14 @@ def _check_mask(fn: str, mask: object, x: Tensor) -> Tensor:
     return m.to(x.device)
 
 
-def _choose_numba(fn: str, backend: str, x: Tensor, needs_grad: bool) -> bool:
-    if backend == "torch":
-        return False
-    if backend == "numba":
-        if x.device.type != "cpu":
-            raise DTypeError(f"{fn}: backend='numba' runs on the CPU, got x on {x.device}; use backend='auto'")
-        if needs_grad:
-            raise DTypeError(f"{fn}: backend='numba' has no autograd; use backend='torch' to differentiate")
-        if _numba_kernel() is None:
-            raise ImportError(f"{fn}: backend='numba' needs numba: pip install numba")
-        return True
-    return x.device.type == "cpu" and not needs_grad and x.dtype in (torch.float32, torch.float64) \
-        and _numba_kernel() is not None
+def _require_numba(fn: str, x: Tensor, needs_grad: bool) -> None:
+    """Refuse ``backend='numba'`` where it cannot run (``auto`` falls back to torch by itself)."""
+    if x.device.type != "cpu":
+        raise DTypeError(f"{fn}: backend='numba' runs on the CPU, got x on {x.device}; use backend='auto'")
+    if needs_grad:
+        raise DTypeError(f"{fn}: backend='numba' has no autograd; use backend='torch' to differentiate")
+    if _numba_kernel() is None:
+        raise ImportError(f"{fn}: backend='numba' needs numba: pip install numba")
 
 
 def _numba_kernel():
@@ -344,6 +371,39 @@ class TVMinimize(nn.Module):
         return tv_minimize(x, weight=self.weight, drop_prob=self.drop_prob, mask=self.mask,
                            mask_mode=self.mask_mode, iters=self.iters, tol=self.tol,
                            generator=self.generator, backend=self.backend)
+
+    def _merged(self, generator: torch.Generator | None, overrides: dict) -> dict:
+        params = {"weight": self.weight, "drop_prob": self.drop_prob, "mask": self.mask, "mask_mode": self.mask_mode,
+                  "iters": self.iters, "tol": self.tol, "backend": self.backend,
+                  "generator": generator if generator is not None else self.generator}
+        unknown = set(overrides) - _PER_SAMPLE
+        if unknown:
+            raise UnknownNameError(f"TVMinimize.run: unknown per-sample override(s) {sorted(unknown)}; "
+                                   f"expected some of {sorted(_PER_SAMPLE)}")
+        params.update(overrides)
+        return params
+
+    def run(self, x: Tensor, *, generator: torch.Generator | None = None, **overrides: Tensor | float) -> Tensor:
+        """The unchecked solve with per-sample ``overrides`` (``weight``, ``drop_prob``, ``mask``).
+
+        For callers that checked ``x`` and the overrides once (a pipeline, an attack loop, the server).
+        """
+        return _tv_core(x, **self._merged(generator, overrides))
+
+    def draw_inputs(self, x: Tensor, *, generator: torch.Generator | None = None,
+                    **overrides: Tensor | float) -> dict[str, Tensor]:
+        """The drop mask this stage would draw for ``x``: ``run(x, mask=...)`` is then deterministic.
+
+        A fixed ``mask`` (given at construction or in ``overrides``) is returned as is.
+
+        Shape:
+            x: (B, C, H, W); output: ``{"mask": (B, 1, H, W)}`` (``(B, C, H, W)`` for ``element``).
+        """
+        p = self._merged(generator, overrides)
+        if p["mask"] is not None:
+            return {"mask": p["mask"]}
+        xw = x.to(_work_dtype(x))
+        return {"mask": _draw_mask(xw, _as_column(p["drop_prob"], x.shape[0], xw), p["mask_mode"], p["generator"])}
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, drop_prob={self.drop_prob}, mask_mode={self.mask_mode!r}, "

@@ -56,9 +56,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from purify._artifacts import artifact_paths, load_artifact, save_artifact
+from purify._artifacts import SHIPPED_DIR, load_artifact, resolve_artifact, save_artifact  # noqa: F401 - SHIPPED_DIR re-exported
 from purify._checks import check_choice, check_int
-from purify.errors import DataNotFoundError, DTypeError, PurifyError, RangeError, ShapeError
+from purify.errors import DTypeError, PurifyError, RangeError, ShapeError
 
 __all__ = ["TemplateSet", "WNLLError", "wnll_interpolate", "WNLLHead", "knn", "DEFAULT_K", "DEFAULT_K_SIGMA"]
 
@@ -135,7 +135,7 @@ class TemplateSet:
             raise WNLLError(f"{fn}: labels must lie in 0..{c - 1} (num_classes = {c}), got values in {lo}..{hi}; "
                             "map class names to 0..C-1 or set meta['num_classes']")
         self.meta["num_classes"] = c
-        self._neighbours: dict[int, tuple[Tensor, Tensor]] = {}
+        self._neighbours: dict[int, tuple[_Stamp, tuple[Tensor, Tensor]]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -154,11 +154,19 @@ class TemplateSet:
         return out
 
     def neighbours(self, k: int, *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple[Tensor, Tensor]:
-        """Distances and indices of each template's ``k`` nearest other templates, (M, k) each, cached."""
-        if k not in self._neighbours:
-            self._neighbours[k] = knn(self.features, self.features, k, exclude_self=True,
-                                      chunk_elements=chunk_elements)
-        return self._neighbours[k]
+        """Distances and indices of each template's ``k`` nearest other templates, (M, k) each.
+
+        Cached per ``k`` for as long as ``features`` is the same tensor in the same state (see
+        :class:`_Stamp`): replacing it, editing it in place or copying into it recomputes the lists.
+        """
+        hit = self._neighbours.get(k)
+        if hit is not None and hit[0].matches(self.features):
+            return hit[1]
+        stamp = _Stamp.of(self.features)
+        lists = knn(self.features, self.features, k, exclude_self=True, chunk_elements=chunk_elements)
+        if stamp is not None:
+            self._neighbours[k] = (stamp, lists)
+        return lists
 
     @classmethod
     def build(cls, extractor: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, *,
@@ -210,14 +218,47 @@ class TemplateSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``<path>.safetensors`` and ``<path>.json``; returns the json path."""
         tensors = {"features": self.features.detach().cpu().contiguous(), "labels": self.labels.cpu().contiguous()}
-        return save_artifact(path, tensors, {"format": "purify.template_set", "meta": self.meta})
+        return save_artifact(path, tensors, {"format": TEMPLATE_SET_FORMAT, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> "TemplateSet":
-        """Load a saved set, checking the sha256 recorded in its json."""
-        tensors, cfg = load_artifact(path, expected_format="purify.template_set")
+        """Load a saved set (a path, with or without extension), checking the sha256 recorded in its json."""
+        fn = "TemplateSet.load"
+        json_path = resolve_artifact(path, format=TEMPLATE_SET_FORMAT, what="template set", fn=fn)
+        tensors, cfg = load_artifact(json_path, expected_format=TEMPLATE_SET_FORMAT, fn=fn)
         _require(path, tensors, ("features", "labels"))
         return cls(tensors["features"].to(device), tensors["labels"].to(device), cfg.get("meta", {}))
+
+
+class _Stamp:
+    """The state of some tensors that a cache was computed from; ``matches`` says whether it still holds.
+
+    A tensor's state is the object itself (held here, so its id cannot be reused), its version
+    counter, which every in-place op bumps (``load_state_dict``'s ``copy_`` and ``mul_`` included),
+    and its storage address, device, dtype and shape, which change when ``.data`` is reassigned or
+    ``torch.utils.swap_tensors`` swaps contents (neither bumps the counter). A write that bypasses
+    the counter (through ``t.data`` or a numpy view) is not seen: autograd misses those as well.
+    Inference tensors have no version counter, so nothing computed from them is cached
+    (:meth:`of` returns None).
+    """
+
+    __slots__ = ("tensors", "marks")
+
+    def __init__(self, tensors: tuple[Tensor, ...]) -> None:
+        self.tensors = tensors
+        self.marks = _marks(tensors)
+
+    @classmethod
+    def of(cls, *tensors: Tensor) -> "_Stamp | None":
+        return None if any(t.is_inference() for t in tensors) else cls(tensors)
+
+    def matches(self, *tensors: Tensor) -> bool:
+        return (len(tensors) == len(self.tensors) and all(a is b for a, b in zip(self.tensors, tensors))
+                and not any(t.is_inference() for t in tensors) and _marks(tensors) == self.marks)
+
+
+def _marks(tensors: tuple[Tensor, ...]) -> tuple:
+    return tuple((t._version, t.data_ptr(), t.device, t.dtype, t.shape) for t in tensors)
 
 
 def _dtype_of(x: object) -> str:
@@ -520,7 +561,7 @@ class WNLLHead(nn.Module):
         self.template_meta = dict(templates.meta)
         self.meta = dict(meta or {})
         self.sha256: str | None = None        # set by load(): the artifact's checksum
-        self._cached: tuple[tuple, TemplateSet] | None = None
+        self._cached: tuple[_Stamp, TemplateSet] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -528,11 +569,19 @@ class WNLLHead(nn.Module):
 
     @property
     def templates(self) -> TemplateSet:
-        """The template set on the head's current device and dtype (its neighbour lists cached)."""
-        key = (self.template_features.device, self.template_features.dtype, self.template_features.data_ptr())
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, TemplateSet(self.template_features, self.template_labels, self.template_meta))
-        return self._cached[1]
+        """The template set of the head's current buffers (device, dtype, values), neighbour lists cached.
+
+        The cached set is reused only while both buffers are the same tensors in the same state
+        (:class:`_Stamp`), so ``load_state_dict``, ``.to()`` and in-place edits all rebuild it.
+        """
+        buffers = (self.template_features, self.template_labels)
+        cached = self._cached
+        if cached is not None and cached[0].matches(*buffers) and cached[1].num_classes == self.num_classes:
+            return cached[1]
+        stamp = _Stamp.of(*buffers)
+        ts = TemplateSet(self.template_features, self.template_labels, self.template_meta)
+        self._cached = None if stamp is None else (stamp, ts)
+        return ts
 
     def embed(self, features: Tensor) -> Tensor:
         """Backbone features -> the template space (the buffer block, when there is one)."""
@@ -577,7 +626,7 @@ class WNLLHead(nn.Module):
             tensors["surrogate.weight"] = self.surrogate.weight.detach().cpu().contiguous()
             tensors["surrogate.bias"] = self.surrogate.bias.detach().cpu().contiguous()
             surrogate_cfg = {"in_features": self.surrogate.in_features, "out_features": self.surrogate.out_features}
-        cfg = {"format": "purify.wnll_head", "k": self.k, "k_sigma": self.k_sigma, "mode": self.mode,
+        cfg = {"format": HEAD_FORMAT, "k": self.k, "k_sigma": self.k_sigma, "mode": self.mode,
                "buffer": buffer_cfg, "surrogate": surrogate_cfg, "templates": self.template_meta, **self.meta, **extra}
         return save_artifact(path, tensors, cfg)
 
@@ -587,9 +636,15 @@ class WNLLHead(nn.Module):
         """Load a saved head (sha256 checked); ``mode``, ``k`` and ``k_sigma`` override the saved ones.
 
         ``path`` is a file path (with or without extension) or the name of a shipped artifact in
-        ``purify/weights`` (e.g. ``"resnet56_wnll"``).
+        ``purify/weights`` (e.g. ``"resnet56_wnll"``), resolved by :func:`purify._artifacts.resolve_artifact`.
+
+        Raises:
+            DataNotFoundError (the message lists the shipped heads), ChecksumError, ArtifactError, WNLLError.
         """
-        tensors, cfg = load_artifact(_resolve_shipped(path), expected_format="purify.wnll_head")
+        fn = "WNLLHead.load"
+        json_path = resolve_artifact(path, format=HEAD_FORMAT, what="head", fn=fn,
+                                     hint="make one with python -m purify.training.wnll")
+        tensors, cfg = load_artifact(json_path, expected_format=HEAD_FORMAT, fn=fn)
         _require(path, tensors, ("templates.features", "templates.labels"))
         buffer = None
         if cfg.get("buffer"):
@@ -633,15 +688,7 @@ def _buffer_linear(buffer: nn.Module) -> nn.Linear:
     return lin
 
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def _resolve_shipped(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.suffix and not p.parent.parts and not artifact_paths(p)[1].is_file():
-        shipped = SHIPPED_DIR / f"{p.name}.json"
-        if shipped.is_file():
-            return shipped
-        names = sorted(f.stem for f in SHIPPED_DIR.glob("*.json"))
-        raise DataNotFoundError(f"WNLLHead.load: {path!r} is neither a file nor a shipped head; shipped: {names}")
-    return p
+#: Artifact formats (the json's "format" field); files resolve and load through :mod:`purify._artifacts`,
+#: whose ``SHIPPED_DIR`` (``purify/weights``) this module re-exports.
+HEAD_FORMAT = "purify.wnll_head"
+TEMPLATE_SET_FORMAT = "purify.template_set"

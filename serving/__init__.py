@@ -7,8 +7,11 @@ Modules, in the order a request meets them:
 - :mod:`serving.protocol`: JSON and binary tensors, gzip / deflate bodies;
 - :mod:`serving.model`: request checks, per-request parameters, outputs, v2 metadata;
 - :mod:`serving.batcher`: the asyncio dynamic batcher (Triton's semantics);
-- :mod:`serving.backends`: torch (CUDA when available) and ONNX Runtime execution;
-- :mod:`serving.export`: ``purify export``, one verified ONNX graph of the defended model;
+- :mod:`serving.backends`: torch (CUDA when available) and ONNX Runtime execution, both of the
+  library's :class:`~purify.pipeline.Pipeline` (no second implementation of stage dispatch);
+- :mod:`serving.onnx_graph`: a :class:`~purify.pipeline.DefendedClassifier` as one ONNX graph, its
+  per-sample inputs (drawn by the pipeline), and the verification against torch;
+- :mod:`serving.export`: ``purify-export``, a served model's config through ``onnx_graph``;
 - :mod:`serving.cli`: ``purify-serve``; :mod:`serving.ray_app`: the Ray Serve deployment.
 
 ``serving`` imports ``purify``, never the other way round.

@@ -4,9 +4,12 @@ Both take one batch as a float32 ``(B, C, H, W)`` array in [0, 1] and per-sample
 parameters, and return class scores ``(B, K)`` (probabilities for the softmax head).
 
 Per-sample parameters: ``stage_params[i]`` maps a parameter of stage ``i`` to a ``(B,)`` array,
-one value per image, so requests with different settings share a batch. Randomness (the TVM
-drop mask) comes from the backend's own generator; the ONNX graph takes the mask as an input,
-so the graph itself is deterministic and can be verified against torch.
+one value per image, so requests with different settings share a batch. Both backends run the
+library's :class:`~purify.pipeline.Pipeline`: the torch backend through
+:class:`~purify.pipeline.DefendedClassifier`, the ONNX backend through the graph ``purify-export``
+wrote from one, with the pipeline's :meth:`~purify.pipeline.Pipeline.draw_inputs` drawing the
+random inputs (the TVM drop mask) from the backend's own generator, so the graph itself is
+deterministic and can be verified against torch.
 
 Example:
     >>> from serving.config import load_config, DEFAULT_CONFIG
@@ -22,71 +25,51 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from purify.errors import PurifyError
-from purify.registry import get_purifier_spec
+from serving.onnx_graph import graph_inputs, per_sample_inputs
+from purify.pipeline import DefendedClassifier, Pipeline
 from serving.config import ServeConfig
 from serving.errors import ConfigError
 
-__all__ = ["TorchBackend", "OnnxBackend", "DefendedModel", "build_defended_model", "create_backend",
-           "stage_input_names"]
+__all__ = ["TorchBackend", "OnnxBackend", "build_defended_model", "build_pipeline", "class_scores",
+           "create_backend"]
 
 log = logging.getLogger("serving")
 
 
-def stage_input_names(stage_index: int, stage_name: str) -> dict[str, str]:
-    """ONNX input names of a stage's per-sample inputs: ``{param: input name}``.
-
-    Example:
-        >>> stage_input_names(0, "tvm")
-        {'mask': 'stage0_tvm_mask', 'weight': 'stage0_tvm_weight'}
-    """
-    # gcln takes none: its generator and q are baked into the graph (q is not a request parameter).
-    params = {"tvm": ("mask", "weight"), "dct": ("q",), "gcln": ()}[stage_name]
-    return {p: f"stage{stage_index}_{stage_name}_{p}" for p in params}
+def build_pipeline(cfg: ServeConfig) -> Pipeline | None:
+    """The config's stages as the library's Pipeline (None without stages)."""
+    return Pipeline.from_spec([(st.name, dict(st.params)) for st in cfg.stages]) if cfg.stages else None
 
 
-class _Head(nn.Module):
-    """softmax over the classifier's logits, or a WNLL head over its features."""
+class _ChannelsLast(nn.Module):
+    """Runs a classifier on channels_last (NHWC-strided) input; ``features`` too (see :class:`TorchBackend`)."""
 
-    def __init__(self, classifier: nn.Module, wnll: nn.Module | None) -> None:
+    def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
-        self.classifier, self.wnll = classifier, wnll
+        self.classifier = classifier.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.wnll is None:
-            return torch.softmax(self.classifier(x), dim=1)
-        return self.wnll(self.classifier.features(x))
+        return self.classifier(x.contiguous(memory_format=torch.channels_last))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x.contiguous(memory_format=torch.channels_last))
 
 
-class DefendedModel(nn.Module):
-    """purification stages -> classifier -> head, with every per-sample parameter passed per call.
+def class_scores(model: DefendedClassifier, x: Tensor, *, generator: torch.Generator | None = None,
+                 overrides: Sequence[Mapping[str, Tensor]] | None = None) -> Tensor:
+    """Class probabilities ``(B, K)``: the softmax of the logits, or the WNLL head's interpolated scores.
 
-    Shape:
-        x: (B, C, H, W) in [0, 1]; stage_params[i][p]: (B,) tensors (``mask`` for TVM: (B, 1, H, W));
-        output: class scores (B, K).
+    Unchecked (:meth:`DefendedClassifier.run`): the server checked the request already. With a
+    head, the model returns log-scores whose softmax is the scores themselves (they sum to 1).
     """
-
-    def __init__(self, cfg: ServeConfig, classifier: nn.Module, wnll: nn.Module | None) -> None:
-        super().__init__()
-        self.stages = [(s.name, get_purifier_spec(s.name), dict(s.params)) for s in cfg.stages]
-        self.head = _Head(classifier, wnll)
-        #: Layout the head's input is put in; :class:`TorchBackend` may switch it to channels_last.
-        self.memory_format = torch.contiguous_format
-
-    def forward(self, x: Tensor, stage_params: Sequence[Mapping[str, Tensor]],
-                generator: torch.Generator | None = None) -> Tensor:
-        for (name, spec, fixed), per_sample in zip(self.stages, stage_params):
-            params = {**fixed, **per_sample}
-            if spec.randomized and "mask" not in params:
-                params["generator"] = generator
-            x = spec.function(x, **params)
-        return self.head(x.contiguous(memory_format=self.memory_format))
+    return torch.softmax(model.run(x, generator=generator, overrides=overrides), dim=1)
 
 
 def _load_wnll(cfg: ServeConfig) -> nn.Module | None:
@@ -134,14 +117,16 @@ def _import_factory(cfg: ServeConfig) -> nn.Module:
                           f"{type(err).__name__}: {err}") from err
 
 
-def build_defended_model(cfg: ServeConfig) -> tuple[DefendedModel, tuple[str, ...] | None]:
+def build_defended_model(cfg: ServeConfig) -> tuple[DefendedClassifier, tuple[str, ...] | None]:
     """The torch model of a registry- or factory-classifier config, and its class names (if known).
 
     Raises:
         ConfigError: the classifier, its weights or the head cannot be loaded (the message names the field).
     """
     from purify.models import create_model
+    from serving.integrity import verify_artifact
 
+    verify_artifact(cfg, "weights")  # classifier.weights_sha256, before any loader reads the file
     if cfg.factory is not None:
         clf = _import_factory(cfg)
     else:
@@ -156,7 +141,7 @@ def build_defended_model(cfg: ServeConfig) -> tuple[DefendedModel, tuple[str, ..
     if classes is None and getattr(getattr(clf, "pretrained_cfg", None), "dataset", None) == "cifar10":
         from purify.data import CIFAR10_CLASSES
         classes = CIFAR10_CLASSES
-    return DefendedModel(cfg, clf, _load_wnll(cfg)).eval(), classes
+    return DefendedClassifier(build_pipeline(cfg), clf, _load_wnll(cfg)).eval(), classes
 
 
 def _resolve_device(cfg: ServeConfig) -> torch.device:
@@ -172,7 +157,7 @@ CHANNELS_LAST_TOLERANCE = 1e-4
 
 
 class TorchBackend:
-    """Runs :class:`DefendedModel` under ``torch.inference_mode`` on CUDA when available, else CPU.
+    """Runs the config's :class:`~purify.pipeline.DefendedClassifier` under ``torch.inference_mode`` on CUDA when available, else CPU.
 
     ``backend.memory_format``: the head (classifier and WNLL / softmax) runs on channels_last
     (NHWC-strided) tensors when that works, because convolution and pooling kernels can be faster
@@ -206,23 +191,26 @@ class TorchBackend:
             return "contiguous"
         c, h, w = cfg.input.chw
         probe = torch.rand(4, c, h, w, generator=torch.Generator().manual_seed(0)).to(self.device)
-        head = self.model.head
+        plain = self.model.classifier
+        # The head alone (classifier, then softmax or WNLL), without the stages: what the layout changes.
+        head = DefendedClassifier(None, plain, self.model.head)
         with torch.inference_mode():
             try:
-                reference = head(probe)
+                reference = head.run(probe)
             except Exception:  # noqa: BLE001 - fails in any layout: ServedModel's probe reports it
                 return "contiguous"
-            head.to(memory_format=torch.channels_last)
+            wrapped = _ChannelsLast(plain)
             try:
-                diff = float((head(probe.contiguous(memory_format=torch.channels_last)) - reference).abs().max())
+                diff = float((DefendedClassifier(None, wrapped, self.model.head).run(probe).softmax(1)
+                              - reference.softmax(1)).abs().max())
                 problem = None if diff <= CHANNELS_LAST_TOLERANCE else (
                     f"its scores differ from the contiguous head's by {diff:.2e} (> {CHANNELS_LAST_TOLERANCE:g})")
             except Exception as err:  # noqa: BLE001 - whatever the user's module raises, fall back
                 problem = f"the head fails on channels_last input: {type(err).__name__}: {err}"
         if problem is None:
-            self.model.memory_format = torch.channels_last
+            self.model.classifier = wrapped
             return "channels_last"
-        head.to(memory_format=torch.contiguous_format)
+        plain.to(memory_format=torch.contiguous_format)
         if wanted == "channels_last":
             raise ConfigError(f"{cfg.source}: backend.memory_format: 'channels_last' cannot be used: {problem}; "
                               "use 'auto' or 'contiguous'")
@@ -233,11 +221,12 @@ class TorchBackend:
         xt = torch.from_numpy(x).to(self.device)
         params = [{k: torch.from_numpy(v).to(self.device) for k, v in p.items()} for p in stage_params]
         with torch.inference_mode():
-            return self.model(xt, params, self.generator).float().cpu().numpy()
+            return class_scores(self.model, xt, generator=self.generator,
+                                overrides=params if self.model.pipeline is not None else None).float().cpu().numpy()
 
 
 class OnnxBackend:
-    """Runs a graph written by ``purify export`` in ONNX Runtime; reports the providers actually used.
+    """Runs a graph written by ``purify-export`` in ONNX Runtime; reports the providers actually used.
 
     The CUDA provider is asked for when the installed onnxruntime offers it; ONNX Runtime falls
     back to the CPU silently when CUDA libraries are missing, so ``session.get_providers()`` (not
@@ -250,7 +239,10 @@ class OnnxBackend:
         import onnxruntime as ort
 
         if not cfg.onnx.is_file():
-            raise ConfigError(f"{cfg.source}: classifier.onnx: no such file {cfg.onnx}; write it with `purify export`")
+            raise ConfigError(f"{cfg.source}: classifier.onnx: no such file {cfg.onnx}; write it with `purify-export`")
+        from serving.integrity import verify_artifact
+
+        verify_artifact(cfg, "onnx")  # classifier.onnx_sha256, before onnxruntime parses the graph
         opts = ort.SessionOptions()
         if cfg.backend.threads:
             opts.intra_op_num_threads = cfg.backend.threads
@@ -271,8 +263,11 @@ class OnnxBackend:
         self._check_stages(cfg, meta)
         self.classes = tuple(json.loads(meta["purify_classes"])) if meta.get("purify_classes") else None
         self.inputs = {i.name for i in self.session.get_inputs()}
-        self.rng = np.random.default_rng()
-        self.stages = [(s.name, dict(s.params), get_purifier_spec(s.name).defaults()) for s in cfg.stages]
+        # The same Pipeline as the torch path: it draws the random inputs (TVM's mask) the graph takes.
+        self.pipeline = build_pipeline(cfg)
+        self.layout = graph_inputs(self.pipeline)
+        self.generator = torch.Generator()
+        self.generator.seed()
         self.info = {"backend": "onnxruntime", "providers": self.providers, "requested_providers": wanted,
                      "onnxruntime": ort.__version__}
         log.info("%s: onnxruntime providers in use: %s (requested %s)", cfg.name, self.providers, wanted)
@@ -286,19 +281,10 @@ class OnnxBackend:
                               f"the config says {ours}; export again with this config")
 
     def _feeds(self, x: np.ndarray, stage_params: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        b, c, h, w = x.shape
-        feeds: dict[str, Any] = {"images": x}
-        for i, ((name, fixed, defaults), per_sample) in enumerate(zip(self.stages, stage_params)):
-            merged = {**defaults, **fixed}
-            for param, input_name in stage_input_names(i, name).items():
-                if param == "mask":
-                    p = per_sample.get("drop_prob", np.full(b, merged["drop_prob"], np.float32))
-                    shape = (b, 1, h, w) if merged.get("mask_mode", "pixel") == "pixel" else (b, c, h, w)
-                    u = self.rng.random(shape, dtype=np.float32)
-                    feeds[input_name] = (u < p.reshape(b, 1, 1, 1)).astype(np.float32)
-                else:
-                    feeds[input_name] = per_sample.get(param, np.full(b, merged[param], np.float32)).astype(np.float32)
-        return feeds
+        xt = torch.from_numpy(x)
+        overrides = [{k: torch.from_numpy(v) for k, v in p.items()} for p in stage_params] if self.pipeline else None
+        inputs = per_sample_inputs(self.pipeline, xt, generator=self.generator, overrides=overrides)
+        return {"images": x, **{name: inputs[i][param].numpy() for i, param, name in self.layout}}
 
     def run(self, x: np.ndarray, stage_params: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
         return self.session.run(["probabilities"], self._feeds(x, stage_params))[0]

@@ -15,7 +15,9 @@ A complete file (``serving/default.toml`` is the built-in default)::
     # data_dir = "../shared/data"        # where registry checkpoints are looked for
     # factory = "mynets:build"           # your torch module: module:function, imported from the
     #                                    # config's folder or sys.path, called with no arguments
-    # onnx = "defended.onnx"             # a graph written by `purify export` (whole defended model)
+    # onnx = "defended.onnx"             # a graph written by `purify-export` (whole defended model)
+    # weights_sha256 = "<64 hex>"        # optional pins, checked before loading (serving/integrity.py)
+    # onnx_sha256 = "<64 hex>"
 
     [input]
     name = "images"
@@ -70,11 +72,9 @@ __all__ = ["ServeConfig", "InputSpec", "StageConfig", "RequestParam", "HeadConfi
 #: The built-in default served by ``purify-serve`` without arguments.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.toml"
 
-# Per-sample (a (B,) tensor accepted) parameters of the registered stages; only these can be
-# set per request, because only these let requests with different values share a batch.
-PER_SAMPLE_PARAMS = {"tvm": ("weight", "drop_prob"), "dct": ("q",)}
 _INPUT_DATATYPES = ("FP32", "UINT8")
 _FACTORY_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,8 @@ class ServeConfig:
     weights: Path | None = None
     data_dir: Path | None = None
     onnx: Path | None = None
+    weights_sha256: str | None = None           # lower-case hex; checked before loading
+    onnx_sha256: str | None = None
     input: InputSpec = field(default_factory=InputSpec)
     stages: tuple[StageConfig, ...] = ()
     request_params: Mapping[str, RequestParam] = field(default_factory=dict)
@@ -269,7 +271,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     version = top.str("version", "1")
 
     clf = _Table(source, "classifier", data.get("classifier", {}),
-                 ("registry", "factory", "weights", "data_dir", "onnx"))
+                 ("registry", "factory", "weights", "data_dir", "onnx", "weights_sha256", "onnx_sha256"))
     registry, factory, onnx = clf.str("registry"), clf.str("factory"), clf.path_("onnx", base)
     if sum(v is not None for v in (registry, factory, onnx)) != 1:
         clf.fail("", "expected exactly one of registry = '<purify model name>', factory = '<module:function>' "
@@ -284,6 +286,14 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         clf.fail("weights", "applies to a registry or factory classifier only")
     if clf.data.get("data_dir") is not None and registry is None:
         clf.fail("data_dir", "applies to a registry classifier only")
+    pins = {}
+    for key, pinned in (("weights_sha256", "weights"), ("onnx_sha256", "onnx")):
+        value = clf.str(key)
+        if value is not None and not _SHA256_PATTERN.fullmatch(value):
+            clf.fail(key, f"expected 64 hex digits (sha256sum of the file), got {value!r}")
+        if value is not None and clf.data.get(pinned) is None:
+            clf.fail(key, f"pins the {pinned} file, so it needs classifier.{pinned}")
+        pins[key] = value.lower() if value is not None else None
 
     inp = _Table(source, "input", data.get("input", {}), ("name", "shape", "datatype", "layout", "range"))
     layout = inp.str("layout", "NCHW", choices=("NCHW", "NHWC"))
@@ -319,13 +329,13 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
                             be.str("device", "auto", choices=("auto", "cpu", "cuda")), be.int("threads", 1, low=0),
                             be.str("memory_format", "auto", choices=("auto", "channels_last", "contiguous")))
     if backend.type == "onnxruntime" and onnx is None:
-        be.fail("type", "onnxruntime runs an exported graph: set classifier.onnx (make one with `purify export`)")
+        be.fail("type", "onnxruntime runs an exported graph: set classifier.onnx (make one with `purify-export`)")
     if backend.type == "onnxruntime" and backend.memory_format != "auto":
         be.fail("memory_format", "applies to the torch backend only (ONNX Runtime picks its own layouts)")
     if backend.type == "torch" and onnx is not None:
         be.fail("type", "an onnx classifier needs type = 'onnxruntime'")
     return ServeConfig(name=name, version=version, source=source, registry=registry, factory=factory,
-                       weights=clf.path_("weights", base), data_dir=clf.path_("data_dir", base), onnx=onnx,
+                       weights=clf.path_("weights", base), data_dir=clf.path_("data_dir", base), onnx=onnx, **pins,
                        input=input_spec, stages=stages, request_params=request_params, head=head,
                        outputs=outputs, batching=batching, backend=backend)
 
@@ -356,6 +366,8 @@ def _stages(source: str, raw: object) -> tuple[StageConfig, ...]:
 
 
 def _request_params(source: str, raw: object, stages: tuple[StageConfig, ...]) -> dict[str, RequestParam]:
+    from purify.registry import get_purifier_spec
+
     table = _Table(source, "request_parameters", raw, tuple(raw) if isinstance(raw, Mapping) else ())
     out = {}
     for key, item in table.data.items():
@@ -365,13 +377,20 @@ def _request_params(source: str, raw: object, stages: tuple[StageConfig, ...]) -
         if not matches:
             t.fail("stage", f"expected the name of a configured stage ({', '.join(s.name for s in stages) or 'none'}), "
                             f"got {stage_name!r}")
-        allowed = PER_SAMPLE_PARAMS.get(stage_name, ())
+        # The registry says what may vary per sample (only that lets requests with different values
+        # share a batch) and its legal values; random inputs (TVM's mask) are drawn by the server.
+        spec = get_purifier_spec(stage_name)
+        allowed = tuple(n for n in spec.per_sample if spec.per_sample_range(n) is not None)
         if param not in allowed:
             t.fail("param", f"expected a per-sample parameter of {stage_name!r} ({', '.join(allowed) or 'none'}), "
                             f"got {param!r}")
         low, high = t.float("min", 0.0, low=-math.inf), t.float("max", None, low=-math.inf)
         if not low <= high:
             t.fail("max", f"expected max >= min, got [{low}, {high}]")
+        legal = spec.per_sample_range(param)
+        if not legal.contains(low, high):
+            t.fail("min" if not legal.contains(low, low) else "max",
+                   f"[{low:g}, {high:g}] goes beyond the legal values of {stage_name}.{param}, {legal.describe()}")
         out[key] = RequestParam(key, matches[0], param, low, high)
     return out
 

@@ -6,13 +6,16 @@ A handler raises one of these; the app turns it into ``{"error": "..."}`` with `
 Example:
     >>> BadRequest("infer: bad shape").status, Unavailable("queue full").status
     (400, 503)
+    >>> Unauthorized("no token").status, RequestTimeout("slow").status, HeadersTooLarge("big").status
+    (401, 408, 431)
 """
 
 from __future__ import annotations
 
 from purify.errors import PurifyError
 
-__all__ = ["ConfigError", "ServingError", "BadRequest", "NotFound", "PayloadTooLarge", "Unavailable"]
+__all__ = ["ConfigError", "ServingError", "BadRequest", "Unauthorized", "NotFound", "RequestTimeout",
+           "PayloadTooLarge", "HeadersTooLarge", "Unavailable"]
 
 
 class ConfigError(PurifyError, ValueError):
@@ -31,6 +34,12 @@ class BadRequest(ServingError, ValueError):
     status = 400
 
 
+class Unauthorized(ServingError, PermissionError):
+    """Missing or wrong bearer token; answered with ``WWW-Authenticate: Bearer``."""
+
+    status = 401
+
+
 class NotFound(ServingError, LookupError):
     """Unknown model or version (Triton: NOT_FOUND)."""
 
@@ -43,7 +52,20 @@ class PayloadTooLarge(ServingError, ValueError):
     status = 413
 
 
+class RequestTimeout(ServingError, TimeoutError):
+    """The request's headers or body did not arrive within the server's read timeouts."""
+
+    status = 408
+
+
+class HeadersTooLarge(ServingError, ValueError):
+    """Request line and headers over ``max_header_bytes``."""
+
+    status = 431
+
+
 class Unavailable(ServingError, RuntimeError):
-    """Not ready, queue full, shutting down, or the request's timeout expired (Triton: UNAVAILABLE)."""
+    """Not ready, queue full, too many connections, shutting down, or the request's timeout expired
+    (Triton: UNAVAILABLE)."""
 
     status = 503

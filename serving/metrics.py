@@ -2,7 +2,12 @@
 
 Exposed at ``GET /metrics`` in the text format:
 
-* ``purify_requests_total{model, status}`` — infer requests by HTTP status;
+* ``purify_requests_total{model, status}`` — infer requests by HTTP status; ``499``: the client
+  disconnected before its body was complete (nginx's "client closed request", not a server error),
+  ``408``: its body was too slow (answered by the server's read timeout);
+* ``purify_rejected_total{reason}`` — connections and requests refused before any handler:
+  ``too_many_connections`` (503), ``header_too_large`` (431), ``header_timeout`` / ``body_timeout``
+  (408), ``unauthorized`` (401);
 * ``purify_request_seconds{model}`` — infer latency histogram (receipt to response);
 * ``purify_batch_size{model}`` — images per executed batch;
 * ``purify_queue_depth{model}`` — requests waiting for a batch, read at scrape time.
@@ -37,8 +42,14 @@ class Metrics:
                                  ("model",), buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("purify_batch_size", "Images per executed batch", ("model",),
                                     buckets=_BATCH_BUCKETS, registry=self.registry)
+        self.rejected = Counter("purify_rejected", "Connections and requests refused by the server's limits "
+                                "or authentication, by reason", ("reason",), registry=self.registry)
         self.queue_depth = Gauge("purify_queue_depth", "Requests waiting for a batch", ("model",),
                                  registry=self.registry)
+
+    def rejected_inc(self, reason: str) -> None:
+        """Count one refusal (``serving.limits`` calls this from the protocol)."""
+        self.rejected.labels(reason).inc()
 
     def track_queue(self, model: str, depth: Callable[[], int]) -> None:
         """Read ``depth()`` at every scrape."""

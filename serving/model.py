@@ -135,8 +135,12 @@ class ServedModel:
                 raise BadRequest(f"parameter {name!r}: expected a number in [{spec.low:g}, {spec.high:g}], got {v!r}")
             out[name] = float(v)
         timeout = req.parameters.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
-            raise BadRequest(f"parameter 'timeout': expected a positive int (microseconds), got {timeout!r}")
+        # Triton's timeout is a uint64 of microseconds; a larger int would overflow the float conversion.
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                    or not 0 < timeout < 2**64):
+            huge = isinstance(timeout, int) and timeout >= 2**64
+            shown = f"an int of {len(str(timeout))} digits" if huge else repr(timeout)
+            raise BadRequest(f"parameter 'timeout': expected a positive int (microseconds) below 2**64, got {shown}")
         return out, (timeout / 1000.0 if timeout is not None else None)
 
     def _outputs(self, req: InferRequest) -> list[tuple[str, bool, int]]:

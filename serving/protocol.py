@@ -27,7 +27,7 @@ import numpy as np
 from serving.errors import BadRequest, PayloadTooLarge
 
 __all__ = ["DTYPES", "InferRequest", "RequestedOutput", "Tensor", "decode_body", "encode_body",
-           "parse_request", "encode_response"]
+           "load_json", "parse_request", "encode_response"]
 
 # v2 datatype name -> numpy dtype (BYTES is handled on its own).
 DTYPES: dict[str, np.dtype] = {
@@ -66,25 +66,75 @@ class InferRequest:
 def decode_body(body: bytes, encoding: str | None, *, limit: int) -> bytes:
     """Undo ``Content-Encoding`` gzip / deflate (zlib stream, as Triton and its client use), bounded by ``limit``.
 
+    Codings are case-insensitive (RFC 9110). One gzip member only: bytes after the end of the
+    compressed stream are refused, not ignored (a second member would be an unchecked payload).
+
     Example:
-        >>> decode_body(gzip.compress(b"abc"), "gzip", limit=10)
+        >>> decode_body(gzip.compress(b"abc"), "GZIP", limit=10)
         b'abc'
+        >>> decode_body(gzip.compress(b"abc") + b"junk", "gzip", limit=10)
+        Traceback (most recent call last):
+        ...
+        serving.errors.BadRequest: request body has 4 bytes after the end of the gzip data
     """
-    if not encoding or encoding == "identity":
+    coding = (encoding or "").strip().lower()
+    if not coding or coding == "identity":
         return body
-    if encoding not in ("gzip", "deflate"):
+    if coding not in ("gzip", "x-gzip", "deflate"):
         raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+    coding = "gzip" if coding == "x-gzip" else coding
     # wbits: 31 = gzip container, 15 = zlib container; max_length bounds a decompression bomb.
-    d = zlib.decompressobj(31 if encoding == "gzip" else 15)
+    d = zlib.decompressobj(31 if coding == "gzip" else 15)
     try:
         out = d.decompress(body, limit + 1)
     except zlib.error as err:
-        raise BadRequest(f"request body is not valid {encoding} data: {err}") from err
+        raise BadRequest(f"request body is not valid {coding} data: {err}") from err
     if len(out) > limit:
         raise PayloadTooLarge(f"decompressed request body is over the limit of {limit} bytes")
     if not d.eof:
-        raise BadRequest(f"request body is truncated {encoding} data")
+        raise BadRequest(f"request body is truncated {coding} data")
+    if d.unused_data:
+        raise BadRequest(f"request body has {len(d.unused_data)} bytes after the end of the {coding} data")
     return out
+
+
+def _python_float(text: str) -> float:
+    return float(text)
+
+
+def _python_int(text: str) -> int:
+    return int(text)
+
+
+# json's C scanner holds the GIL for a whole document (~20 ms per MiB of numbers), so parsing in a
+# worker thread alone still stalls the event loop for that long. With number hooks written in
+# Python the scanner re-enters the interpreter for every number, which hands the GIL over every
+# switch interval (5 ms): the loop keeps running, for ~10 % more parse time. Used off the loop only.
+_COOPERATIVE_JSON = json.JSONDecoder(parse_float=_python_float, parse_int=_python_int)
+
+
+def load_json(text: bytes | memoryview, *, cooperative: bool = False, what: str = "request") -> Any:
+    """``json.loads`` with every failure as BadRequest: malformed, not UTF-8, or nested too deeply.
+
+    ``cooperative``: let other threads (the event loop) run during the parse; for worker threads.
+
+    Example:
+        >>> load_json(b'{"a": [1, 2.5]}', cooperative=True)
+        {'a': [1, 2.5]}
+        >>> load_json(b'[' * 100_000)
+        Traceback (most recent call last):
+        ...
+        serving.errors.BadRequest: malformed JSON in the request: nested too deeply
+    """
+    try:
+        if cooperative:
+            return _COOPERATIVE_JSON.decode(bytes(text).decode("utf-8"))
+        return json.loads(bytes(text))
+    except RecursionError:
+        # json's scanner recurses once per nesting level; the interpreter's limit stops it first.
+        raise BadRequest(f"malformed JSON in the {what}: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, and int() past 4300 digits
+        raise BadRequest(f"malformed JSON in the {what}: {err}") from None
 
 
 #: Response bodies shorter than this go uncompressed even when the client accepts gzip / deflate.
@@ -128,13 +178,14 @@ def _header_length(value: str | None, total: int) -> int:
     return n
 
 
-def parse_request(body: bytes, *, header_length: str | None) -> InferRequest:
-    """Parse an infer request body (JSON, or JSON + binary tensors); raises BadRequest with the reason."""
+def parse_request(body: bytes, *, header_length: str | None, cooperative: bool = False) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON + binary tensors); raises BadRequest with the reason.
+
+    ``cooperative``: parse so that other threads keep running (see :func:`load_json`); the server
+    sets it for large bodies, which it parses in a worker thread.
+    """
     n = _header_length(header_length, len(body))
-    try:
-        header = json.loads(body[:n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(f"malformed JSON in the request header: {err}") from None
+    header = load_json(memoryview(body)[:n], cooperative=cooperative, what="request header")
     if not isinstance(header, dict):
         raise BadRequest(f"expected the request to be a JSON object, got {type(header).__name__}")
     inputs_raw = header.get("inputs")
@@ -194,13 +245,37 @@ def _parse_input(item: object, binary: memoryview, offset: int) -> tuple[Tensor,
     data = item.get("data")
     if data is None:
         raise BadRequest(f"input {name!r}: no 'data' and no binary_data_size")
+    return Tensor(name, datatype, tuple(shape), _json_array(name, data, datatype, shape).reshape(shape)), 0
+
+
+# JSON value types each datatype accepts: numpy would turn "0.5" and true into 0.5 and 1.0, and
+# 0.7 into the int 0, so a wrong value would be answered as if it were data.
+_JSON_TYPES = {"BOOL": (bool,), **{k: (int,) for k in DTYPES if k[0] in "IU"},
+               **{k: (int, float) for k in DTYPES if k.startswith("FP")}}
+
+
+def _json_array(name: str, data: object, datatype: str, shape: list[int]) -> np.ndarray:
+    """A JSON ``data`` list (flat or nested) as a flat array of ``datatype``, every value type-checked."""
+    expected = f"a list of {datatype} values ({' or '.join(t.__name__ for t in _JSON_TYPES[datatype])})"
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: expected 'data' to be {expected}, got {type(data).__name__}")
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise BadRequest(f"input {name!r}: 'data' is not a list of {datatype} values ({err})") from None
-    if array.size != count:
-        raise BadRequest(f"input {name!r}: 'data' has {array.size} values, shape {shape} needs {count}")
-    return Tensor(name, datatype, tuple(shape), array.reshape(shape)), 0
+        # object dtype keeps each JSON value as it came; a ragged or over-deep list leaves lists inside.
+        values = np.asarray(data, dtype=object).reshape(-1)
+    except ValueError as err:
+        raise BadRequest(f"input {name!r}: 'data' is not {expected} ({err})") from None
+    found = set(map(type, values.tolist()))
+    wrong = found - set(_JSON_TYPES[datatype])
+    if wrong:
+        raise BadRequest(f"input {name!r}: expected 'data' to be {expected}, found "
+                         f"{', '.join(sorted(t.__name__ for t in wrong))}")
+    if values.size != math.prod(shape):
+        raise BadRequest(f"input {name!r}: 'data' has {values.size} values, shape {shape} needs {math.prod(shape)}")
+    try:
+        with np.errstate(over="ignore"):  # 1e300 as FP32 is inf: the model's range check answers it
+            return values.astype(DTYPES[datatype])
+    except OverflowError as err:
+        raise BadRequest(f"input {name!r}: a value of 'data' does not fit {datatype} ({err})") from None
 
 
 def _parse_outputs(raw: object) -> list[RequestedOutput] | None:

@@ -65,6 +65,7 @@ def test_recipe_writes_an_artifact_that_loads(tmp_path, data_dir):
                         "--epochs", "1", "--widths", "4", "8", "8", "--batch-size", "64"]) == 0
     cfg = json.loads((out / "tiny.json").read_text())
     assert cfg["arch"]["widths"] == [4, 8, 8] and "--limit 512" in cfg["command"]
+    assert cfg["format"] == "purify.small_cnn" and cfg["weights_file"] == "tiny.safetensors"   # via save_artifact
     assert "epoch 1/1: train loss" in (out / "tiny.log").read_text()
     model = load_packaged("tiny", weights_dir=out)
     assert isinstance(model.model, SmallCNN) and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)

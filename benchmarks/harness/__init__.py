@@ -15,7 +15,8 @@ Modules: :mod:`~benchmarks.harness.config` (parsing, checks, ``ConfigError``),
 :mod:`~benchmarks.harness.overrides` (``--set`` and ``[quick]``), :mod:`~benchmarks.harness.cells`
 (cells, cache keys), :mod:`~benchmarks.harness.threats` (threat models),
 :mod:`~benchmarks.harness.runner` (the batched loop), and :mod:`~benchmarks.harness.report` (csv,
-markdown, plots).
+markdown, plots). Which attacks exist, what each takes and how it is called comes from
+:mod:`purify.attacks.registry`; a config may ``extends`` another (:mod:`~benchmarks.harness.overrides`).
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness.config import ATTACKS, THREAT_MODELS, ConfigError, RunConfig, load_config
+from benchmarks.harness.config import THREAT_MODELS, ConfigError, RunConfig, load_config
+from benchmarks.harness.overrides import BUNDLED_DIR
 from benchmarks.harness.report import plot_accuracy, plot_examples, write_csv, write_report
 from benchmarks.harness.runner import RESULTS_DIR, RunResult, prepare, run_config
 from benchmarks.harness.threats import ste_stages
 
-__all__ = ["ATTACKS", "THREAT_MODELS", "ConfigError", "RunConfig", "RunResult", "load_config", "run",
+__all__ = ["THREAT_MODELS", "ConfigError", "RunConfig", "RunResult", "load_config", "run",
            "bundled_configs", "CONFIG_DIR", "RESULTS_DIR"]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = BUNDLED_DIR
 
 
 def bundled_configs() -> list[tuple[str, str]]:
@@ -45,8 +47,13 @@ def bundled_configs() -> list[tuple[str, str]]:
 
 def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None = None,
         out: str | Path | None = None, device: str | None = None, progress: bool = True,
-        command: str | None = None, threads: int | None = None, overrides: Sequence[str] = ()) -> RunResult:
+        command: str | None = None, threads: int | None = None, overrides: Sequence[str] = (),
+        cache_dir: str | Path | None = None) -> RunResult:
     """Run one config; outputs go to ``out`` (default ``benchmarks/results/<name>``), ``-quick`` appended for ``quick``.
+
+    Finished cells are cached in ``<cache_dir>/<config name>/`` (default: ``cells/`` in purify's cache
+    folder, ``~/.cache/purify`` or ``$PURIFY_CACHE_DIR``), not in ``out``: a killed run resumes, and
+    ``out`` receives only ``cells.csv``, ``report.md`` and the plots.
 
     ``overrides`` are ``--set`` options (``["defense.stages.0.params.q=5"]``), applied to the
     config's document before it is checked; see :mod:`benchmarks.harness.overrides`.
@@ -71,7 +78,7 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
     if quick:
         out_dir = out_dir.with_name(out_dir.name + "-quick")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_config(prepared, out_dir, progress=progress)
+    result = run_config(prepared, out_dir, progress=progress, cache_dir=cache_dir)
     files = ["cells.csv", "report.md", "accuracy_vs_eps.png"]
     write_csv(result.rows, out_dir / "cells.csv")
     plot_accuracy(result.rows, result.clean, out_dir / "accuracy_vs_eps.png")

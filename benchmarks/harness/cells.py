@@ -5,7 +5,15 @@ the resolved indices), the model, the defense (left out under ``none`` and ``sub
 never see it), the substitute model (only under ``substitute`` and ``blackbox``, the cells that
 attack it), the attack and its resolved parameters, eps, the threat model, the EOT sample count,
 the run seed and the batch size (randomness is drawn per batch). Descriptions, paper numbers and
-output paths are not part of it. The cache file is ``<out>/cells/<slug>-<sha256(key)[:16]>.json``.
+output paths are not part of it.
+
+The cache lives outside the results (which keep only ``cells.csv``, the table the reports are made
+from): ``<cache>/<config name>/<slug>-<sha256(key)[:16]>.json``, where ``<cache>`` is
+``--cache-dir`` or else ``cells/`` in purify's cache folder (``$PURIFY_CACHE_DIR``, default
+``~/.cache/purify``). Each file holds its full key and is used only when that key equals the
+cell's, so configs, ``--set`` overrides and ``--quick`` never read each other's numbers; the config
+name only groups the files (``rm -r`` one folder to recompute a config). Runs of one config into
+different ``--out`` folders share their cells.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from benchmarks.harness.config import (EOT_THREAT_MODELS, SUBSTITUTE_SOURCE, UND
                                       AttackEntry, Eps, RunConfig)
 
 __all__ = ["CACHE_VERSION", "Cell", "expand_cells", "group_jobs", "base_key", "key_hash", "derive_seed",
-           "read_json", "write_json"]
+           "read_json", "write_json", "default_cache_dir", "cells_dir"]
 
 #: Bump when the meaning of a cached number changes; old cells are then recomputed.
 CACHE_VERSION = 1
@@ -74,6 +82,27 @@ class Cell:
         return key_hash({**key, "source": source})
 
 
+def default_cache_dir() -> Path:
+    """The cell cache of every config: ``cells/`` in purify's cache folder (``$PURIFY_CACHE_DIR`` moves it).
+
+    Example:
+        >>> default_cache_dir().name
+        'cells'
+    """
+    from purify._download import cache_root
+    return cache_root() / "cells"
+
+
+def cells_dir(config_name: str, cache_dir: str | Path | None = None) -> Path:
+    """The folder of a config's cached cells: ``<cache_dir or default_cache_dir()>/<config_name>``.
+
+    Example:
+        >>> cells_dir("quick_demo", "/tmp/cells").as_posix()
+        '/tmp/cells/quick_demo'
+    """
+    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / config_name
+
+
 def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -102,10 +131,8 @@ def base_key(cfg: RunConfig, indices: np.ndarray) -> dict[str, Any]:
 
 
 def _resolved_params(entry: AttackEntry, eps: Eps | None, combo: dict[str, Any]) -> dict[str, Any]:
-    params = {**entry.params, **combo}
-    if "step_ratio" in params:
-        params["step"] = params.pop("step_ratio") * eps.value
-    return params
+    """The attack's keyword arguments of one cell: swept values chosen, ``<name>_ratio`` times eps."""
+    return entry.spec.resolve({**entry.params, **combo}, eps.value if eps else None)
 
 
 def expand_cells(cfg: RunConfig, base: dict[str, Any]) -> list[Cell]:

@@ -4,7 +4,9 @@ A config names the images, the classifier, the defense pipeline, and a list of a
 each entry expands to cells (attack x eps x threat model x swept iterations / EOT samples). Every
 mistake raises :class:`ConfigError` naming the file and the key, with a hint. The layout::
 
-    name = "my_run"                      # optional, default: the file name
+    extends = "gcln_table"               # optional: a bundled config's name or a path relative to this file;
+                                         # its tables merge under this file's, arrays are replaced whole
+    name = "my_run"                      # optional, default: the file name (never inherited)
     description = "one line for `python -m benchmarks list`"
     batch_size = 250
     device = "auto"                      # "auto" = cuda when available, else cpu
@@ -31,12 +33,12 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     stages = [{ name = "tvm", params = { weight = 0.03, drop_prob = 0.5 } }]
 
     [[attacks]]
-    name = "pgd"                         # fgsm, bim, pgd, cw_l2, deepfool
+    name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, bim, pgd, cw_l2, deepfool
     id = "pgd"                           # optional, default: name; must be unique
     eps = ["8/255", 0.02]                # numbers or "p/q" strings; none for cw_l2 / deepfool
     threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full, substitute, blackbox
     eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
-    params = { step_ratio = 0.25, iters = [10, 50] }
+    params = { step_ratio = 0.25, iters = [10, 50] }   # the attack's settings (purify.attacks.registry)
 
     [examples]                           # optional: the cell shown in examples.png
     attack = "pgd"; eps = "8/255"; threat_model = "bpda"; n = 6
@@ -51,18 +53,19 @@ is checked; see :mod:`benchmarks.harness.overrides`.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.overrides import apply_overrides, apply_quick, check_quick
-from benchmarks.harness.schema import (ATTACK_THROUGH, ATTACKS, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HEAD_PARAM_KEYS,
-                                       HEADS, SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL, UNDEFENDED_SOURCE,
-                                       AttackEntry, AttackSpec, ConfigError, Ctx, Eps, RunConfig)
+from benchmarks.harness.overrides import (BUNDLED_DIR, apply_overrides, apply_quick, check_quick, read_document,
+                                         resolve_extends)
+from benchmarks.harness.schema import (ATTACK_THROUGH, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HARNESS_FIXED,
+                                       HEAD_PARAM_KEYS, HEADS, SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL,
+                                       UNDEFENDED_SOURCE, AttackEntry, ConfigError, Ctx, Eps, RunConfig, config_params)
+from purify.attacks.registry import PARAMS, RATIO, AttackSpec, Param, get_attack_spec, list_attacks
 from purify.errors import PurifyError
 
-__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
+__all__ = ["ConfigError", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
            "UNDEFENDED_EVAL", "EOT_THREAT_MODELS", "AttackEntry", "RunConfig", "Eps", "load_config", "parse_config"]
 
 _TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "model", "substitute", "defense",
@@ -77,6 +80,7 @@ _ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
 _EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
 _PAPER_KEYS = {"source", "clean", "clean_defended", "note", "results"}
 _PAPER_RESULT_KEYS = {"attack", "threat_model", "label", "eps", "accuracy", "note"}
+_NORM_TEXT = {"linf": "L-inf", "l2": "L2"}
 
 
 def _find(name_or_path: str | Path) -> Path:
@@ -85,7 +89,7 @@ def _find(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise ConfigError(f"{p}: no such config file; `python -m benchmarks list` shows the bundled ones")
         return p
-    bundled = Path(__file__).resolve().parent.parent / "configs" / f"{name_or_path}.toml"
+    bundled = BUNDLED_DIR / f"{name_or_path}.toml"
     if not bundled.is_file():
         names = ", ".join(sorted(q.stem for q in bundled.parent.glob("*.toml")))
         raise ConfigError(f"{name_or_path}: no bundled config of that name and no such file; bundled: {names}")
@@ -95,20 +99,19 @@ def _find(name_or_path: str | Path) -> Path:
 def load_config(name_or_path: str | Path, *, quick: bool = False, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a bundled config by name (``"quick_demo"``) or a TOML file by path, and check it.
 
-    ``overrides`` are ``--set`` options, ``"KEY=VALUE"`` strings applied to the document first
+    The document's ``extends`` chain is merged first
+    (:func:`~benchmarks.harness.overrides.resolve_extends`); ``overrides`` are ``--set`` options,
+    ``"KEY=VALUE"`` strings applied to the merged document next
     (:func:`~benchmarks.harness.overrides.apply_overrides`); ``quick`` applies ``[quick]`` after them.
     """
     path = _find(name_or_path)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    raw = resolve_extends(read_document(path), path)
     return parse_config(apply_overrides(raw, overrides, path), path, quick=quick)
 
 
 def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> RunConfig:
-    """Check a config read from ``path`` (used for messages) and apply ``[quick]`` when asked."""
+    """Check a config read from ``path`` (used for messages and ``extends``) and apply ``[quick]`` when asked."""
+    raw = resolve_extends(raw, path)
     ctx = Ctx(Path(path))
     ctx.keys(raw, _TOP_KEYS, "", _REQUIRED_TOP)
     quick_tab = ctx.table(raw["quick"], "quick") if "quick" in raw else None
@@ -245,8 +248,8 @@ def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
     key = f"attacks[{i}]"
     a = ctx.table(a, key)
     ctx.keys(a, _ATTACK_KEYS, key, ("name", "threat_models"))
-    name = ctx.string(a["name"], f"{key}.name", tuple(ATTACKS))
-    spec = ATTACKS[name]
+    name = ctx.string(a["name"], f"{key}.name", tuple(list_attacks()))
+    spec = get_attack_spec(name)
     aid = ctx.string(a.get("id", name), f"{key}.id")
     if not aid or not all(c.isalnum() or c in "_-." for c in aid):
         raise ctx.error(f"{key}.id", f"use letters, digits, '_', '-' or '.', got {aid!r}")
@@ -255,7 +258,8 @@ def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
     if spec.uses_eps and not eps:
         raise ctx.error(f"{key}.eps", f"{name} needs at least one budget, e.g. eps = [0.02, \"8/255\"]")
     if not spec.uses_eps and eps:
-        raise ctx.error(f"{key}.eps", f"{name} has no budget; remove eps (it is reported by its mean L2 norm)")
+        raise ctx.error(f"{key}.eps", f"{name} has no budget; remove eps (it is reported by its mean "
+                        f"{_NORM_TEXT[spec.norm()]} norm)")
     tms = ctx.as_list(a["threat_models"], f"{key}.threat_models")
     if not tms:
         raise ctx.error(f"{key}.threat_models", f"expected at least one of {', '.join(THREAT_MODELS)}")
@@ -264,45 +268,60 @@ def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
         raise ctx.error(f"{key}.threat_models", "lists a threat model twice")
     eot = tuple(ctx.integer(n, f"{key}.eot_samples", low=1)
                 for n in ctx.as_list(a.get("eot_samples", DEFAULT_EOT_SAMPLES), f"{key}.eot_samples"))
-    params = dict(ctx.table(a.get("params", {}), f"{key}.params"))
-    pkey = f"{key}.params"
-    unknown = sorted(set(params) - spec.params)
-    if unknown:
-        raise ctx.error(f"{pkey}.{unknown[0]}", f"unknown parameter of {name}; it takes "
-                        f"{', '.join(sorted(spec.params)) or 'none'} (targeted attacks are not supported)")
-    for r in spec.required:
-        if r not in params:
-            raise ctx.error(f"{pkey}.{r}", f"missing required parameter of {name}")
-    for k, v in params.items():
-        if isinstance(v, list) and k not in spec.sweep:
-            raise ctx.error(f"{pkey}.{k}", f"only {', '.join(spec.sweep) or 'no parameter'} may be a list for {name}")
-        if isinstance(v, list) and not v:
-            raise ctx.error(f"{pkey}.{k}", "empty list")
-    for k in ("iters", "steps", "max_iter", "binary_search_steps", "num_classes"):
-        if k in params:
-            vals = [ctx.integer(v, f"{pkey}.{k}", low=0 if k == "binary_search_steps" else 1)
-                    for v in ctx.as_list(params[k], f"{pkey}.{k}")]
-            params[k] = vals if isinstance(params[k], list) else vals[0]
-    if name == "pgd":
-        if ("step" in params) == ("step_ratio" in params):
-            raise ctx.error(f"{pkey}.step", "pgd needs exactly one of step (absolute) or step_ratio (step = ratio * eps)")
-        if "step" in params:
-            params["step"] = ctx.number(params["step"], f"{pkey}.step").value
-        else:
-            params["step_ratio"] = ctx.number(params["step_ratio"], f"{pkey}.step_ratio").value
-        if "random_start" in params and not isinstance(params["random_start"], bool):
-            raise ctx.error(f"{pkey}.random_start", f"expected true or false, got {params['random_start']!r}")
-    for k in ("c", "kappa", "lr", "overshoot"):
-        if k in params:
-            params[k] = ctx.number(params[k], f"{pkey}.{k}").value
-    if "norm" in params:
-        ctx.string(params["norm"], f"{pkey}.norm", ("linf", "l2"))
-    if "loss" in params:
-        ctx.string(params["loss"], f"{pkey}.loss", ("ce", "margin"))
+    params = _parse_attack_params(ctx, spec, dict(ctx.table(a.get("params", {}), f"{key}.params")), f"{key}.params")
     entry = AttackEntry(id=aid, name=name, eps=eps, threat_models=tms, eot_samples=eot, params=params)
     if "full" in tms or "eot" in tms:
         _check_full_differentiable(ctx, stages, f"{key}.threat_models")
     return entry
+
+
+def _parse_attack_params(ctx: Ctx, spec: AttackSpec, params: dict[str, Any], pkey: str) -> dict[str, Any]:
+    """An entry's ``params``, checked against the attack's registry entry (names, types, bounds, sweeps)."""
+    name = spec.name
+    allowed = config_params(spec)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        fixed = [k for k in HARNESS_FIXED if k in spec.params]
+        raise ctx.error(f"{pkey}.{unknown[0]}", f"unknown parameter of {name}; it takes "
+                        f"{', '.join(sorted(allowed)) or 'none'}"
+                        + (f" ({', '.join(fixed)}: set by the harness, which attacks the true label)" if fixed else ""))
+    for r in spec.required:
+        if r not in params and r not in spec.eps_relative:
+            raise ctx.error(f"{pkey}.{r}", f"missing required parameter of {name}")
+    for r in spec.eps_relative:
+        given = (r in params) + (r + RATIO in params)
+        if given > 1 or (given == 0 and r in spec.required):
+            raise ctx.error(f"{pkey}.{r}", f"{name} needs {'exactly' if r in spec.required else 'at most'} one of "
+                            f"{r} (absolute) or {r}{RATIO} ({r} = ratio * eps)")
+    sweep = spec.sweep
+    for k, v in params.items():
+        if isinstance(v, list) and k not in sweep:
+            raise ctx.error(f"{pkey}.{k}", f"only {', '.join(sweep) or 'no parameter'} may be a list for {name}")
+        if isinstance(v, list) and not v:
+            raise ctx.error(f"{pkey}.{k}", "empty list")
+    out = {}
+    for k, v in params.items():
+        ratio = k.endswith(RATIO) and k[:-len(RATIO)] in spec.eps_relative
+        p = Param("float", "", low=0.0) if ratio else PARAMS[k]
+        vals = [_param_value(ctx, spec, k, p, x, f"{pkey}.{k}") for x in ctx.as_list(v, f"{pkey}.{k}")]
+        out[k] = vals if isinstance(v, list) else vals[0]
+    return out
+
+
+def _param_value(ctx: Ctx, spec: AttackSpec, k: str, p: Param, v: Any, key: str) -> Any:
+    """One value of a setting, as the registry's :class:`~purify.attacks.registry.Param` describes it."""
+    if p.kind == "int":
+        return ctx.integer(v, key, low=int(p.low or 0))
+    if p.kind == "float":
+        x = ctx.number(v, key).value
+        if p.low is not None and (x < p.low or (p.low_open and x == p.low)):
+            raise ctx.error(key, f"expected a value {'>' if p.low_open else '>='} {p.low:g}, got {v!r}")
+        return x
+    if p.kind == "bool":
+        if not isinstance(v, bool):
+            raise ctx.error(key, f"expected true or false, got {v!r}")
+        return v
+    return ctx.string(v, key, spec.norms if k == "norm" else p.choices)
 
 
 def _check_full_differentiable(ctx: Ctx, stages, key: str) -> None:

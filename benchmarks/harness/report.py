@@ -236,6 +236,17 @@ def _headline_note(cfg, rows: list[dict[str, Any]]) -> str:
             + (" or `blackbox`." if "blackbox" in present else "."))
 
 
+def _cache_text(folder: Path | None) -> str:
+    """`` in `~/.cache/purify/cells/<name>` ``: the home folder shortened, so reports do not carry a user name."""
+    if folder is None:
+        return ""
+    try:
+        shown = "~/" + Path(folder).resolve().relative_to(Path.home().resolve()).as_posix()
+    except ValueError:
+        shown = Path(folder).as_posix()
+    return f" in `{shown}`"
+
+
 def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_s: float,
                  ste: list[str], files: list[str]) -> None:
     rows, clean = result.rows, result.clean
@@ -255,7 +266,8 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         f"- Machine: {machine()}; device used: {prepared.device}",
         f"- Date: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- Total wall time: {total_wall_s:.1f} s ({len(result.computed)} cells computed, {len(result.cached)} read "
-        f"from the cache in `cells/`; cached cells keep the wall time of the run that computed them)",
+        f"from the cell cache{_cache_text(result.cells_dir)}; cached cells keep the wall time of the run that "
+        "computed them)",
         f"- Data: {data['dataset']} {data['split']}, {chosen} (sorted); batch size {cfg.batch_size}; seed {cfg.seed}",
         f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}){substitute}; "
         f"defense: {stages}; head: {_head_text(cfg)}",

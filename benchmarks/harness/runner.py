@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.harness.cells import (Cell, base_key, derive_seed, expand_cells, group_jobs, key_hash, read_json,
-                                      write_json)
+from benchmarks.harness.cells import (Cell, base_key, cells_dir, derive_seed, expand_cells, group_jobs, key_hash,
+                                      read_json, write_json)
 from benchmarks.harness.config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
 from benchmarks.harness.threats import attack_model_fn, full_pipeline, run_attack
 from purify.attacks import rho2
@@ -72,6 +72,7 @@ class RunResult:
     cached: list[str] = field(default_factory=list)      # labels of the cells read from the cache
     wall_s: float = 0.0
     examples: Path | None = None
+    cells_dir: Path | None = None                        # where the cells are cached (see cells.cells_dir)
 
 
 def _error(cfg: RunConfig, key: str, msg: str) -> ConfigError:
@@ -203,10 +204,10 @@ def _defended_pred(p: Prepared, x: torch.Tensor, batch: int) -> tuple[torch.Tens
     return z, p.classifier(z).argmax(1)
 
 
-def clean_pass(p: Prepared, cells_dir: Path) -> dict[str, Any]:
+def clean_pass(p: Prepared, cache: Path) -> dict[str, Any]:
     """Per-image clean correctness of the undefended and the defended model (cached)."""
     key = {k: v for k, v in p.base.items()}
-    path = cells_dir / f"clean-{key_hash(key)}.json"
+    path = cache / f"clean-{key_hash(key)}.json"
     hit = read_json(path)
     if hit is not None and hit.get("key") == key:
         return {**hit, "cached": True}
@@ -339,22 +340,26 @@ def example_cell(p: Prepared) -> Cell | None:
     return p.cells[0] if p.cells else None
 
 
-def run_config(p: Prepared, out_dir: Path, *, progress: bool = True) -> RunResult:
-    """Compute every cell not in ``<out_dir>/cells`` and return all rows, in config order."""
+def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: str | Path | None = None) -> RunResult:
+    """Compute every cell not in the cell cache and return all rows, in config order.
+
+    The cache is ``cells_dir(config name, cache_dir)`` (:func:`~benchmarks.harness.cells.cells_dir`);
+    each cell is written there as soon as its job finishes, so a killed run resumes.
+    """
     t0 = time.perf_counter()
-    cells_dir = out_dir / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    clean = clean_pass(p, cells_dir)
+    cache = cells_dir(p.cfg.name, cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    clean = clean_pass(p, cache)
     ex_cell = example_cell(p)
     n_examples = (p.cfg.examples or {}).get("n", 6)
-    ex = (ex_cell, n_examples, cells_dir / f"{ex_cell.slug}-{ex_cell.hash}-examples{n_examples}.npz") if ex_cell else None
+    ex = (ex_cell, n_examples, cache / f"{ex_cell.slug}-{ex_cell.hash}-examples{n_examples}.npz") if ex_cell else None
     rows: dict[str, dict[str, Any]] = {}
     todo: list[tuple[list[Cell], bool]] = []
-    result = RunResult(rows=[], clean=clean, out_dir=out_dir, examples=ex[2] if ex else None)
+    result = RunResult(rows=[], clean=clean, out_dir=out_dir, examples=ex[2] if ex else None, cells_dir=cache)
     for job in group_jobs(p.cells):
         missing = []
         for c in job:
-            hit = read_json(cells_dir / c.filename)
+            hit = read_json(cache / c.filename)
             if hit is not None and hit.get("key") == c.key:
                 rows[c.hash] = hit["row"]
                 result.cached.append(c.label)
@@ -372,7 +377,7 @@ def run_config(p: Prepared, out_dir: Path, *, progress: bool = True) -> RunResul
             new = _run_job(p, job, clean, bar, ex, examples_only=only)
             for c in job:
                 if c.hash in new:
-                    write_json(cells_dir / c.filename, {"key": c.key, "label": c.label, "row": new[c.hash]})
+                    write_json(cache / c.filename, {"key": c.key, "label": c.label, "row": new[c.hash]})
                     rows[c.hash] = new[c.hash]
                     result.computed.append(c.label)
     result.rows = [rows[c.hash] for c in p.cells]

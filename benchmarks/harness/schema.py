@@ -1,8 +1,9 @@
 """The types of a benchmark config and the checked-value helpers its parser uses.
 
 :class:`ConfigError` (a ``PurifyError`` and a ``ValueError``) names the file and the key;
-:data:`ATTACKS` says which attacks exist and what each takes; :class:`RunConfig` is the parsed,
-checked config (see :mod:`benchmarks.harness.config` for the file layout).
+which attacks exist and what each takes comes from :mod:`purify.attacks.registry`
+(:func:`config_params`: what a config may set); :class:`RunConfig` is the parsed, checked config
+(see :mod:`benchmarks.harness.config` for the file layout).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from purify.attacks.registry import AttackSpec, get_attack_spec
 from purify.errors import PurifyError
 
-__all__ = ["ConfigError", "AttackSpec", "ATTACKS", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
+__all__ = ["ConfigError", "HARNESS_FIXED", "config_params", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
            "UNDEFENDED_EVAL", "EOT_THREAT_MODELS", "HEADS", "ATTACK_THROUGH", "HEAD_PARAM_KEYS", "DEFAULT_EOT_SAMPLES",
            "Eps", "AttackEntry", "RunConfig", "Ctx"]
 
@@ -38,31 +40,18 @@ class ConfigError(PurifyError, ValueError):
     """A benchmark config is invalid; the message names the file, the key and what to change."""
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    """What the harness needs to know about an attack of :mod:`purify.attacks`.
+#: Settings of the attack functions the harness fixes itself: it always attacks the true label.
+HARNESS_FIXED = ("targeted",)
 
-    ``params`` are the keys a config may set (``step_ratio`` is the harness's: step = ratio * eps);
-    ``required`` must be set; ``sweep`` may be lists (one cell per value).
+
+def config_params(spec: AttackSpec) -> tuple[str, ...]:
+    """The keys an ``[[attacks]]`` entry's ``params`` may set for the attack of ``spec``.
+
+    Example:
+        >>> config_params(get_attack_spec("pgd"))
+        ('step', 'iters', 'norm', 'random_start', 'loss', 'step_ratio')
     """
-
-    name: str
-    uses_eps: bool
-    norm: str | None              # fixed norm, or None: params["norm"] (default "linf")
-    params: frozenset[str]
-    required: tuple[str, ...] = ()
-    sweep: tuple[str, ...] = ()
-
-
-ATTACKS: dict[str, AttackSpec] = {s.name: s for s in (
-    AttackSpec("fgsm", True, "linf", frozenset({"loss"})),
-    AttackSpec("bim", True, "linf", frozenset({"iters", "loss"}), sweep=("iters",)),
-    AttackSpec("pgd", True, None, frozenset({"step", "step_ratio", "iters", "norm", "random_start", "loss"}),
-               required=("iters",), sweep=("iters",)),
-    AttackSpec("cw_l2", False, "l2", frozenset({"c", "kappa", "steps", "lr", "binary_search_steps"})),
-    AttackSpec("deepfool", False, "l2", frozenset({"norm", "overshoot", "max_iter", "num_classes"})),
-)}
-
+    return tuple(k for k in spec.accepted if k not in HARNESS_FIXED)
 
 
 @dataclass(frozen=True)
@@ -84,11 +73,11 @@ class AttackEntry:
 
     @property
     def spec(self) -> AttackSpec:
-        return ATTACKS[self.name]
+        return get_attack_spec(self.name)
 
     @property
     def norm(self) -> str:
-        return self.spec.norm or self.params.get("norm", "linf")
+        return self.spec.norm(self.params)
 
 
 @dataclass(frozen=True)

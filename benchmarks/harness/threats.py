@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.harness.schema import SUBSTITUTE_SOURCE, UNDEFENDED_SOURCE
-from purify.attacks import CountedModel, bim, bpda, cw_l2, deepfool, eot, fgsm, pgd
+from purify.attacks import CountedModel, bpda, eot
+from purify.attacks.registry import get_attack_spec
 from purify.pipeline import Pipeline
 from purify.registry import get_purifier_spec
 
@@ -69,10 +70,12 @@ def attack_model_fn(threat: str, classifier: nn.Module, pipeline: Pipeline, full
     if threat in UNDEFENDED_SOURCE + SUBSTITUTE_SOURCE:
         counted = CountedModel(classifier)
         return counted, counted
+    # The attacks keep x in [0, 1] and the harness checked the images once: inside the attack loop the
+    # pipeline runs its unchecked cores (Pipeline.run), never a range check per iteration.
     if threat in ("bpda", "bpda+eot"):
-        purified = bpda(lambda x: pipeline(x, generator=generator))
+        purified = bpda(lambda x: pipeline.run(x, generator=generator))
     else:
-        purified = lambda x: full(x, generator=generator)  # noqa: E731
+        purified = lambda x: full.run(x, generator=generator)  # noqa: E731
     counted = CountedModel(lambda x: classifier(purified(x)))
     if threat in ("eot", "bpda+eot"):
         return eot(counted, samples=eot_samples), counted
@@ -81,15 +84,6 @@ def attack_model_fn(threat: str, classifier: nn.Module, pipeline: Pipeline, full
 
 def run_attack(name: str, model_fn: Any, x: Tensor, y: Tensor, *, eps: float | None, params: dict[str, Any],
                generator: torch.Generator | None) -> Tensor:
-    """Call attack ``name`` with the cell's resolved parameters (``step_ratio`` already turned into ``step``)."""
-    if name == "fgsm":
-        return fgsm(model_fn, x, y, eps=eps, **params)
-    if name == "bim":
-        return bim(model_fn, x, y, eps=eps, **params)
-    if name == "pgd":
-        return pgd(model_fn, x, y, eps=eps, generator=generator, **params)
-    if name == "cw_l2":
-        return cw_l2(model_fn, x, y, **params)
-    if name == "deepfool":
-        return deepfool(model_fn, x, y, **params)
-    raise ValueError(f"run_attack: unknown attack {name!r}")  # unreachable: configs are checked first
+    """Call attack ``name`` of the registry with the cell's resolved parameters (``step_ratio`` already
+    turned into ``step``); ``generator`` reaches the attacks that draw (PGD's random start)."""
+    return get_attack_spec(name).run(model_fn, x, y, eps=eps, generator=generator, **params)

@@ -3,7 +3,9 @@
 One functional core for gradient attacks (:func:`pgd`, with :func:`fgsm` and :func:`bim` as
 its special cases), :func:`cw_l2` and :func:`deepfool`; the threat models of a defense are
 expressed by wrapping the *model*: :func:`bpda` for non-differentiable stages, :func:`eot`
-for randomized ones, both for a randomized non-differentiable defense such as TVM.
+for randomized ones, both for a randomized non-differentiable defense such as TVM. The attacks
+are named in one place, :mod:`purify.attacks.registry` (:func:`get_attack_spec`: norm, budget,
+settings, a uniform :meth:`~purify.attacks.registry.AttackSpec.run`).
 Every attack takes ``model_fn(x) -> logits`` with images in [0, 1], returns a new detached
 ``x_adv`` in [0, 1], leaves ``x`` and the model's ``.grad`` untouched, and works the same
 inside ``torch.no_grad()``.
@@ -26,21 +28,10 @@ from purify.attacks.counting import CountedModel
 from purify.attacks.cw import CWResult, cw_l2, cw_l2_details
 from purify.attacks.deepfool import deepfool, rho2
 from purify.attacks.gradient import bim, ce_loss, fgsm, margin_loss, pgd
+from purify.attacks.registry import AttackSpec, get_attack_spec, list_attacks
 from purify.attacks.wrappers import EOT, bpda, eot
 
 __all__ = [
     "pgd", "fgsm", "bim", "cw_l2", "deepfool", "rho2", "bpda", "eot", "EOT", "CountedModel", "list_attacks",
-    "cw_l2_details", "CWResult", "ce_loss", "margin_loss",
+    "cw_l2_details", "CWResult", "ce_loss", "margin_loss", "AttackSpec", "get_attack_spec",
 ]
-
-_ATTACKS = ("fgsm", "bim", "pgd", "cw_l2", "deepfool")
-
-
-def list_attacks() -> list[str]:
-    """Names of the attacks, in order of strength of the usual setting.
-
-    Example:
-        >>> list_attacks()
-        ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
-    """
-    return list(_ATTACKS)

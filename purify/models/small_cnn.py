@@ -5,7 +5,9 @@ network, dominates the cost of a request, and small enough (~95k parameters, und
 commit. The weights are made by ``python -m purify.training.classifier``; the artifact is a
 ``.safetensors`` file (tensors only, so loading runs no code) next to a ``.json`` config that
 holds the architecture, the normalization, the training command, the test accuracy and the
-sha256 of the weights, which :func:`load_packaged` checks before reading them.
+sha256 of the weights, which :func:`load_packaged` checks before reading them. Resolution,
+checksum and loading are :mod:`purify._artifacts`' (format ``"purify.small_cnn"``; the shipped
+json predates the ``"format"`` field and is recognized by its ``arch.type``).
 
 Example:
     >>> net = SmallCNN()
@@ -15,22 +17,31 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+import torch  # noqa: F401 - the doctests use it
 from torch import Tensor, nn
 
-from purify._download import verify_sha256
-from purify.errors import DataNotFoundError, DTypeError, ShapeError
+from purify._artifacts import SHIPPED_DIR, load_artifact, read_config, resolve_artifact
+from purify.errors import DTypeError, ShapeError
 from purify.models.normalize import Normalized
 
-__all__ = ["SmallCNN", "PackagedConfig", "WEIGHTS_DIR", "load_packaged", "packaged_config"]
+__all__ = ["SmallCNN", "PackagedConfig", "WEIGHTS_DIR", "ARTIFACT_FORMAT", "load_packaged", "packaged_config"]
 
-#: Folder of the shipped artifacts (``<name>.safetensors`` + ``<name>.json``).
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+#: Folder of the shipped artifacts (``<name>.safetensors`` + ``<name>.json``): :data:`purify._artifacts.SHIPPED_DIR`.
+WEIGHTS_DIR = SHIPPED_DIR
+#: The artifacts' format (see :data:`purify._artifacts.LEGACY_FORMATS` for the shipped json without the field).
+ARTIFACT_FORMAT = "purify.small_cnn"
+_HINT = "make it with python -m purify.training.classifier"
+
+
+def _json_path(fn: str, name: str, weights_dir: str | Path | None) -> Path:
+    """``<weights_dir>/<name>.json`` (default folder: the shipped artifacts; a file in the working
+    directory never shadows a built-in model)."""
+    folder = SHIPPED_DIR if weights_dir is None else Path(weights_dir)
+    return resolve_artifact(folder / name, format=ARTIFACT_FORMAT, what="packaged model", fn=fn, hint=_HINT)
 
 
 class SmallCNN(nn.Module):
@@ -113,19 +124,22 @@ class PackagedConfig:
 
 
 def packaged_config(name: str, *, weights_dir: str | Path | None = None) -> PackagedConfig:
-    """Read ``<weights_dir>/<name>.json`` (default: the package's ``purify/weights``).
+    """Read ``<weights_dir>/<name>.json`` (default: the shipped artifact ``name`` in ``purify/weights``).
 
     Raises:
-        DataNotFoundError (no such artifact), DTypeError (a field is missing or mistyped).
+        DataNotFoundError (no such artifact), ArtifactError (not a small-CNN artifact),
+        DTypeError (a field is missing or mistyped).
     Example:
         >>> packaged_config("small_cnn_cifar10").widths  # doctest: +SKIP
         (32, 64, 128)
     """
     fn = "packaged_config"
-    path = Path(weights_dir or WEIGHTS_DIR) / f"{name}.json"
-    if not path.is_file():
-        raise DataNotFoundError(f"{fn}: no artifact config {path}; make it with python -m purify.training.classifier")
-    raw = json.loads(path.read_text())
+    path = _json_path(fn, name, weights_dir)
+    raw = read_config(path, expected_format=ARTIFACT_FORMAT, fn=fn)
+    return _parse_config(fn, name, path, raw)
+
+
+def _parse_config(fn: str, name: str, path: Path, raw: dict[str, Any]) -> PackagedConfig:
     try:
         arch = raw["arch"]
         return PackagedConfig(
@@ -151,24 +165,22 @@ def load_packaged(name: str, *, pretrained: bool = True, weights_dir: str | Path
     Shape:
         x: (B, 3, 32, 32) in [0, 1]; output: logits (B, 10); ``features``: (B, 128).
     Raises:
-        DataNotFoundError, ChecksumError (the weights do not match the config's sha256), ShapeError.
+        DataNotFoundError, ChecksumError (the weights do not match the config's sha256), ArtifactError,
+        ShapeError.
     Example:
         >>> model = load_packaged("small_cnn_cifar10")  # doctest: +SKIP
         >>> model(torch.rand(2, 3, 32, 32)).shape  # doctest: +SKIP
         torch.Size([2, 10])
     """
     fn = "load_packaged"
-    cfg = packaged_config(name, weights_dir=weights_dir)
-    net = SmallCNN(cfg.widths, cfg.num_classes)
+    path = _json_path(fn, name, weights_dir)
     if pretrained:
-        from safetensors.torch import load_file
-
-        path = Path(weights_dir or WEIGHTS_DIR) / f"{name}.safetensors"
-        if not path.is_file():
-            raise DataNotFoundError(f"{fn}: weights {path} missing; make them with "
-                                    "python -m purify.training.classifier")
-        verify_sha256(fn, path, cfg.sha256)
-        state = load_file(str(path))
+        state, raw = load_artifact(path, expected_format=ARTIFACT_FORMAT, fn=fn)   # sha256 checked first
+    else:
+        state, raw = None, read_config(path, expected_format=ARTIFACT_FORMAT, fn=fn)
+    cfg = _parse_config(fn, name, path, raw)
+    net = SmallCNN(cfg.widths, cfg.num_classes)
+    if state is not None:
         expected = net.state_dict()
         if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
             raise ShapeError(f"{fn}: {path} does not fit SmallCNN{cfg.widths}; is the json from another run?")

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from purify._download import sha256_file
+from purify._artifacts import artifact_paths, save_artifact
 from purify.data import load_dataset
-from purify.models.small_cnn import WEIGHTS_DIR, SmallCNN
+from purify.models.small_cnn import ARTIFACT_FORMAT, WEIGHTS_DIR, SmallCNN
 from purify.models.normalize import Normalized
 from purify.tv import tv_minimize
 from purify.training._logging import training_log
@@ -131,14 +131,10 @@ def train(args: argparse.Namespace) -> dict:
 
 def _write(args: argparse.Namespace, model: Normalized, val_acc: float, test_acc: float, test_tvm: float,
            seconds: float) -> dict:
-    from safetensors.torch import save_file
-
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{args.name}.safetensors"
-    state = {k: v.detach().contiguous() for k, v in model.model.state_dict().items()}
-    save_file(state, str(weights))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
     config = {
+        "format": ARTIFACT_FORMAT,
         "name": args.name,
         "arch": {"type": "SmallCNN", "widths": list(args.widths), "num_classes": 10},
         "dataset": "cifar10",
@@ -146,7 +142,6 @@ def _write(args: argparse.Namespace, model: Normalized, val_acc: float, test_acc
         "mean": list(CIFAR10_MEAN),
         "std": list(CIFAR10_STD),
         "classes": list(load_dataset("cifar10", "val", data_dir=args.data_dir).classes),
-        "sha256": sha256_file(weights),
         "val_accuracy": round(val_acc, 2),
         "test_accuracy": round(test_acc, 2),
         "test_accuracy_tvm": round(test_tvm, 2),
@@ -157,9 +152,10 @@ def _write(args: argparse.Namespace, model: Normalized, val_acc: float, test_acc
                      "torch": torch.__version__},
         "command": "python -m purify.training.classifier " + shlex.join(args.argv),
     }
-    (out / f"{args.name}.json").write_text(json.dumps(config, indent=2) + "\n")
-    log.info(f"wrote {weights} ({weights.stat().st_size:,} bytes) and {args.name}.json")
-    return config
+    json_path = save_artifact(out / args.name, state, config)     # adds weights_file and sha256
+    weights = artifact_paths(json_path)[0]
+    log.info(f"wrote {weights} ({weights.stat().st_size:,} bytes) and {json_path.name}")
+    return json.loads(json_path.read_text())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,8 +129,14 @@ def test_bpda_eot_attack_on_randomized_tvm():
     gen.manual_seed(1)
     adv = fgsm(defended, x, y, eps=0.03)
     gen.manual_seed(1)
-    mean = torch.stack([_grad(lambda u: ce_loss(net(u), y), tvm(x)) for _ in range(4)]).mean(0)
-    torch.testing.assert_close(adv, (x + 0.03 * mean.sign()).clamp(0, 1), atol=1e-6, rtol=0)
+    grads = torch.stack([_grad(lambda u: ce_loss(net(u), y), tvm(x)) for _ in range(4)])
+    mean = grads.mean(0)
+    # eot's backward adds the 4 per-draw gradients in autograd's order, the mean here in its own: the
+    # sums agree within 2 γ_4 Σ|g_s| (γ_4 = 4u), so only a component that small may take the other sign.
+    noise = 2 * 4 * (torch.finfo(grads.dtype).eps / 2) * grads.abs().mean(0)
+    settled = mean.abs() > noise
+    assert settled.float().mean() > 0.9
+    torch.testing.assert_close(adv[settled], (x + 0.03 * mean.sign()).clamp(0, 1)[settled], atol=1e-6, rtol=0)
 
 
 def test_eot_exception(convnet):

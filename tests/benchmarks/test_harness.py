@@ -173,14 +173,17 @@ def test_cache_key_stable_and_specific():
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, data_dir, one_thread):
     out = tmp_path_factory.mktemp("bench") / "tiny"
-    result = run(TINY, data_dir=data_dir, out=out, progress=False, command=COMMAND)
+    result = run(TINY, data_dir=data_dir, out=out, progress=False, command=COMMAND, cache_dir=out.parent / "cache")
     return result, out
 
 
 def test_run_computes_every_cell(first_run):
     result, out = first_run
     assert len(result.computed) == 9 and result.cached == []
-    assert len(list((out / "cells").glob("*.json"))) == 9 + 1   # + the cached clean pass
+    assert result.cells_dir == out.parent / "cache" / "tiny"
+    assert len(list(result.cells_dir.glob("*.json"))) == 9 + 1   # + the cached clean pass
+    assert not (out / "cells").exists()                          # the results folder holds no cache
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_eps.png", "cells.csv", "examples.png", "report.md"]
 
 
 def test_csv_columns_and_values(first_run):
@@ -231,18 +234,21 @@ def test_pngs_are_valid_images(first_run, name):
 def test_second_run_computes_nothing_and_resume_recomputes_only_missing(first_run, tmp_path, data_dir, monkeypatch,
                                                                        one_thread):
     result, out = first_run
-    copy = tmp_path / "tiny"
+    copy, cache = tmp_path / "tiny", tmp_path / "cache"
     shutil.copytree(out, copy)
+    shutil.copytree(result.cells_dir.parent, cache)
     calls = []
     real = runner_mod.run_attack
     monkeypatch.setattr(runner_mod, "run_attack", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
 
-    again = run(TINY, data_dir=data_dir, out=copy, progress=False, command=COMMAND)
+    again = run(TINY, data_dir=data_dir, out=copy, progress=False, command=COMMAND, cache_dir=cache)
     assert again.computed == [] and len(again.cached) == 9 and calls == []
+    elsewhere = run(TINY, data_dir=data_dir, out=tmp_path / "other", progress=False, cache_dir=cache)
+    assert elsewhere.computed == [] and calls == []      # the cache is keyed by the cells, not the --out folder
 
-    victim = next((copy / "cells").glob("fgsm_eps0.03_transfer-*.json"))
+    victim = next((cache / "tiny").glob("fgsm_eps0.03_transfer-*.json"))
     victim.unlink()                                      # as if the run had been interrupted there
-    resumed = run(TINY, data_dir=data_dir, out=copy, progress=False, command=COMMAND)
+    resumed = run(TINY, data_dir=data_dir, out=copy, progress=False, command=COMMAND, cache_dir=cache)
     assert resumed.computed == ["fgsm eps=0.03 [transfer]"] and calls == ["fgsm"]
     assert victim.is_file()
     old = {r["cell"]: r for r in result.rows}
@@ -313,5 +319,5 @@ def test_wnll_head_runs_and_checks_its_artifact(tmp_path, data_dir, one_thread):
         run(bad, data_dir=data_dir, out=tmp_path / "bad", progress=False)
     missing = tmp_path / "missing.toml"
     missing.write_text(_wnll_config(tmp_path, tmp_path / "nope", "head").read_text())
-    with pytest.raises(ConfigError, match=r"head_params: .*nope.json does not exist"):
+    with pytest.raises(ConfigError, match=r"head_params: .*nope\.json"):
         run(missing, data_dir=data_dir, out=tmp_path / "missing", progress=False)

@@ -203,7 +203,7 @@ def sub_run(tmp_path_factory, data_dir, one_thread):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner_mod, "run_attack", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
         assert main(["run", str(SUB), "--set", SET, "--data-dir", str(data_dir), "--out", str(out),
-                     "--no-progress"]) == 0
+                     "--cache-dir", str(out.parent / "cache"), "--no-progress"]) == 0
     with open(out / "cells.csv") as f:
         rows = {r["threat_model"]: r for r in csv.DictReader(f)}
     return out, rows, calls
@@ -217,7 +217,7 @@ def test_run_substitute_accuracy_matches_independent_attack(sub_run, data_dir):
 
     out, rows, calls = sub_run
     assert calls == ["fgsm", "fgsm"]                 # one attack for none / transfer, one for substitute / blackbox
-    (npz,) = (out / "cells").glob("fgsm_eps0.03_substitute-*-examples8.npz")
+    (npz,) = (out.parent / "cache" / SUB.stem).glob("fgsm_eps0.03_substitute-*-examples8.npz")
     with np.load(npz) as f:
         index, adv8 = f["index"], f["adv"]
     x, y = load_dataset("cifar10", "test", data_dir=data_dir).tensors(index)
@@ -243,7 +243,7 @@ def test_run_substitute_accuracy_matches_independent_attack(sub_run, data_dir):
 
 def test_run_cells_hold_the_override_and_the_substitute(sub_run):
     out, rows, _ = sub_run
-    (path,) = (out / "cells").glob(f"fgsm_eps0.03_blackbox-{rows['blackbox']['cell']}.json")
+    (path,) = (out.parent / "cache" / SUB.stem).glob(f"fgsm_eps0.03_blackbox-{rows['blackbox']['cell']}.json")
     key = json.loads(path.read_text())["key"]
     assert key["substitute"] == SUBSTITUTE and key["defense"]["stages"] == [["tvm", {"weight": 0.05, "iters": 5}]]
 

@@ -59,15 +59,15 @@ def infer_probabilities(address: str, model: str, images: np.ndarray) -> np.ndar
 
 
 @contextlib.contextmanager
-def running_server(configs: list[ServeConfig], **app_kwargs: Any) -> Iterator[tuple[str, Any]]:
-    """Serve ``configs`` on 127.0.0.1:<free port>; yields ("127.0.0.1:port", app); stops and joins on exit."""
-    import uvicorn
+def serve_app(app: Any, limits: Any = None) -> Iterator[tuple[str, Any]]:
+    """Serve ``app`` as ``purify-serve`` does (its limits) on 127.0.0.1:<free port> in a thread.
 
-    torch.set_num_threads(1)
-    app = create_app(configs, **app_kwargs)
+    Yields ("127.0.0.1:port", the uvicorn server); stops and joins on exit.
+    """
+    from serving.limits import ServerLimits, make_server
+
     sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = make_server(app, limits or ServerLimits(), log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -76,12 +76,21 @@ def running_server(configs: list[ServeConfig], **app_kwargs: Any) -> Iterator[tu
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"127.0.0.1:{port}", app
+        yield f"127.0.0.1:{sock.getsockname()[1]}", server
     finally:
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
         assert not thread.is_alive(), "the test server did not stop"
+
+
+@contextlib.contextmanager
+def running_server(configs: list[ServeConfig], **app_kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """Serve ``configs`` on 127.0.0.1:<free port>; yields ("127.0.0.1:port", app); stops and joins on exit."""
+    torch.set_num_threads(1)
+    app = create_app(configs, **app_kwargs)
+    with serve_app(app, app_kwargs.get("limits")) as (address, _):
+        yield address, app
 
 
 @pytest.fixture(scope="package")
@@ -103,13 +112,14 @@ def images(data_dir) -> np.ndarray:
 @pytest.fixture(scope="package")
 def reference(server) -> Any:
     """In-process scores of the served model: ``reference(x, tv_weight=None) -> (B, K)``, one image at a time."""
+    from serving.backends import class_scores
+
     model = server[1].state.server.models["cnn"].backend.model
 
     def run(x: np.ndarray, tv_weight: float | None = None) -> np.ndarray:
-        params = [{"weight": torch.tensor([tv_weight] * len(x))}] if tv_weight is not None else [{}]
+        overrides = [{"weight": torch.tensor([tv_weight])}] if tv_weight is not None else None
         with torch.inference_mode():
-            return np.concatenate([model(torch.from_numpy(x[i:i + 1]),
-                                         [{k: v[i:i + 1] for k, v in params[0].items()}]).numpy()
+            return np.concatenate([class_scores(model, torch.from_numpy(x[i:i + 1]), overrides=overrides).numpy()
                                    for i in range(len(x))])
 
     return run

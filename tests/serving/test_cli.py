@@ -70,3 +70,26 @@ def test_bad_config_exits_2_naming_the_field(tmp_path, caplog):
     bad.write_text('name = "m"\n[classifier]\nregistry = "small_cnn_cifar10"\n[batching]\nmax_batch_size = 0\n')
     assert serve_main(["--config", str(bad), "--port", "0"]) == 2
     assert "batching.max_batch_size: expected an int >= 1, got 0" in caplog.text
+
+
+def test_server_limits_from_defaults_file_and_flags(tmp_path):
+    from serving.cli import build_parser, server_settings
+    from serving.limits import ServerLimits
+
+    cfg = tmp_path / "server.toml"
+    cfg.write_text('[limits]\nmax_connections = 64\nbody_timeout_s = 7.5\n[auth]\ntoken_file = "tok"\nscope = "all"\n')
+    settings = server_settings(build_parser().parse_args(["--server-config", str(cfg), "--max-connections", "8"]))
+    assert settings.limits.max_connections == 8                     # the flag wins over the file
+    assert settings.limits.body_timeout_s == 7.5                     # the file over the default
+    assert settings.limits.header_timeout_s == ServerLimits().header_timeout_s
+    assert settings.auth_token_file == tmp_path / "tok" and settings.auth_scope == "all"
+
+
+def test_bad_server_config_exits_2_naming_the_field(tmp_path, caplog):
+    bad = tmp_path / "server.toml"
+    bad.write_text("[limits]\nmax_conections = 5\n")
+    assert serve_main(["--server-config", str(bad), "--port", "0"]) == 2
+    assert "limits.max_conections: unknown key" in caplog.text
+    bad.write_text("[limits]\nheader_timeout_s = -1\n")
+    assert serve_main(["--server-config", str(bad), "--port", "0"]) == 2
+    assert "limits.header_timeout_s: expected a finite number" in caplog.text

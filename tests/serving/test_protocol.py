@@ -1,4 +1,4 @@
-"""Response compression: gzip / deflate when the client accepts it and the body is worth compressing."""
+"""Request and response bodies: compression both ways, JSON parsing (types, depth, off-loop mode)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
-from serving.protocol import MIN_COMPRESS_BYTES, encode_body
+from serving.errors import BadRequest
+from serving.protocol import MIN_COMPRESS_BYTES, decode_body, encode_body, parse_request
 
 
 @pytest.mark.parametrize("accept, encoding, decode", [
@@ -49,3 +50,52 @@ def test_server_compresses_large_answers_only(server, images, reference):
     np.testing.assert_allclose(probs, reference(images[:16]), atol=1e-5)
     status, encoding, raw = _infer(server[0], images[:1], "gzip")
     assert status == 200 and encoding is None and json.loads(raw)["outputs"][0]["shape"] == [1, 10]
+
+
+def test_cooperative_parse_equals_the_plain_parse():
+    x = np.random.default_rng(1).random((2, 3, 4, 5), dtype=np.float32)
+    body = json.dumps({"id": "a", "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                              "data": x.tolist()}], "parameters": {"timeout": 12}}).encode()
+    plain = parse_request(body, header_length=None)
+    cooperative = parse_request(body, header_length=None, cooperative=True)
+    np.testing.assert_array_equal(plain.inputs["x"].array, cooperative.inputs["x"].array)
+    np.testing.assert_allclose(plain.inputs["x"].array, x, rtol=1e-7)
+    assert plain.parameters == cooperative.parameters == {"timeout": 12}
+
+
+@pytest.mark.parametrize("datatype, data, found", [
+    ("FP32", [0.5, "0.5"], "str"), ("FP32", [0.5, True], "bool"), ("INT32", [1, 0.7], "float"),
+    ("UINT8", [1, None], "NoneType"), ("BOOL", [True, 1], "int"), ("FP32", [[0.5], 0.5], "list"),
+])
+def test_data_values_of_the_wrong_json_type_are_refused(datatype, data, found):
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": data}]}).encode()
+    with pytest.raises(BadRequest, match=f"found {found}"):
+        parse_request(body, header_length=None)
+
+
+def test_data_values_out_of_the_datatype_range_are_refused():
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [300]}]}).encode()
+    with pytest.raises(BadRequest, match="does not fit UINT8"):
+        parse_request(body, header_length=None)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a": ' * 50_000])
+def test_deeply_nested_json_is_a_bad_request(body):
+    for cooperative in (False, True):
+        with pytest.raises(BadRequest, match="nested too deeply"):
+            parse_request(body, header_length=None, cooperative=cooperative)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "GZIP", " Gzip ", "x-gzip", "deflate", "DEFLATE"])
+def test_content_codings_are_case_insensitive(encoding):
+    compress = zlib.compress if "deflate" in encoding.lower() else gzip.compress
+    assert decode_body(compress(b"payload"), encoding, limit=100) == b"payload"
+
+
+def test_bytes_after_the_compressed_stream_are_refused():
+    with pytest.raises(BadRequest, match="3 bytes after the end of the gzip data"):
+        decode_body(gzip.compress(b"a") + b"xyz", "gzip", limit=100)
+    with pytest.raises(BadRequest, match="after the end of the gzip data"):  # a second member too
+        decode_body(gzip.compress(b"a") + gzip.compress(b"b"), "gzip", limit=100)
+    with pytest.raises(BadRequest, match="after the end of the deflate data"):
+        decode_body(zlib.compress(b"a") + b"\0", "deflate", limit=100)

@@ -45,9 +45,9 @@ def test_wnll_head_serves_interpolated_scores(head_path, images):
 
 
 def test_wnll_head_exports_to_onnx(head_path, data_dir, tmp_path):
-    from serving.export import export_onnx
+    from serving.export import export_config
 
     cfg = make_config(head={"type": "wnll", "templates": str(head_path)},
                       stages=[{"name": "tvm", "params": {"drop_prob": 0.3, "weight": 0.1, "iters": 10}}])
-    report = export_onnx(cfg, tmp_path / "wnll.onnx", data_dir=data_dir, n_images=16)
+    report = export_config(cfg, tmp_path / "wnll.onnx", data_dir=data_dir, n_images=16)
     assert report.max_abs_diff <= 1e-4 and report.path.is_file()

@@ -1,0 +1,267 @@
+"""The attack registry: one explicit dict from a name to its :class:`AttackSpec`.
+
+Everything that names attacks reads this dict: :func:`purify.attacks.list_attacks`, the benchmark
+harness's config checks (which keys an ``[[attacks]]`` entry may set, their types and bounds, which
+may be swept, whether ``eps`` is needed) and its runner (:meth:`AttackSpec.run`). Nothing registers
+itself at import time; adding an attack means one file with its function and one line in
+``_REGISTRY`` below (plus a line in :data:`PARAMS` for a keyword no attack used before).
+
+Two kinds of attack:
+
+* ``"bounded"``: takes ``eps`` and returns ``x_adv`` with ``‖x_adv - x‖ <= eps`` in its norm
+  (fgsm, bim, pgd; later APGD, Square); reported at each eps;
+* ``"minimal"``: no budget; searches for a small perturbation that changes the label (cw_l2,
+  deepfool); reported with the mean norm of what it found.
+
+Example:
+    >>> list_attacks()
+    ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
+    >>> spec = get_attack_spec("pgd")
+    >>> spec.kind, spec.norms, spec.required, spec.randomized
+    ('bounded', ('linf', 'l2'), ('step', 'iters'), True)
+    >>> import torch
+    >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    >>> x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+    >>> adv = spec.run(clf, x, y, eps=8 / 255, step_ratio=0.25, iters=5)
+    >>> bool((adv - x).abs().max() <= 8 / 255 + 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from purify.attacks.cw import cw_l2
+from purify.attacks.deepfool import deepfool
+from purify.attacks.gradient import bim, fgsm, pgd
+from purify.errors import RangeError, UnknownNameError
+
+__all__ = ["BOUNDED", "MINIMAL", "KINDS", "NORMS", "Param", "PARAMS", "AttackSpec", "list_attacks",
+           "get_attack_spec"]
+
+BOUNDED = "bounded"
+MINIMAL = "minimal"
+KINDS = (BOUNDED, MINIMAL)
+NORMS = ("linf", "l2")
+#: Keywords every attack function takes that are not its settings: the budget and the randomness.
+_NOT_SETTINGS = ("eps", "generator")
+#: Suffix of a setting given as a fraction of eps (``step_ratio = 0.25``: step = 0.25 * eps).
+RATIO = "_ratio"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword setting of the attack functions: its type and the values the function accepts.
+
+    Attributes:
+        kind: ``"int"``, ``"float"`` (a number; configs may write ``"1/255"``), ``"bool"`` or
+            ``"choice"``.
+        low: smallest value the function accepts (int / float); ``low_open``: ``low`` itself excluded.
+        choices: the values of a ``"choice"`` (``norm`` takes its spec's :attr:`AttackSpec.norms`).
+        sweep: a benchmark config may give a list, one cell per value.
+        help: one line for listings and error messages.
+    """
+
+    kind: str
+    help: str
+    low: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+    sweep: bool = False
+
+
+#: Every setting any registered attack takes, by keyword; shared by attacks that use the same name.
+PARAMS: dict[str, Param] = {
+    "iters": Param("int", "number of gradient steps", low=0, sweep=True),
+    "step": Param("float", "step size (absolute; or step_ratio = step / eps)", low=0.0),
+    "norm": Param("choice", "the norm of the threat: linf or l2", choices=NORMS),
+    "random_start": Param("bool", "start from a uniform draw in the eps ball"),
+    "targeted": Param("bool", "move towards class y instead of away from it"),
+    "loss": Param("choice", "ce (cross-entropy) or margin (max other logit - true logit)", choices=("ce", "margin")),
+    "c": Param("float", "weight of the misclassification term", low=0.0),
+    "kappa": Param("float", "confidence margin of success", low=0.0),
+    "steps": Param("int", "optimizer steps per run", low=0),
+    "lr": Param("float", "Adam learning rate", low=0.0, low_open=True),
+    "binary_search_steps": Param("int", "runs of the binary search over c", low=0),
+    "overshoot": Param("float", "factor 1 + overshoot on the accumulated step", low=0.0),
+    "max_iter": Param("int", "maximum number of linearization steps", low=0),
+    "num_classes": Param("int", "classes considered (the label's and the next by clean logit)", low=2),
+}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What a caller (the benchmark harness) needs to know about an attack.
+
+    Attributes:
+        name: registry name.
+        function: ``function(model_fn, x, y, *, [eps,] **settings) -> x_adv``.
+        kind: ``"bounded"`` (takes ``eps``; ``‖x_adv - x‖ <= eps`` in its norm) or ``"minimal"``
+            (no budget: a small perturbation that changes the label).
+        norms: the norms it runs in, the default first; with more than one, the function takes
+            ``norm`` and defaults to the first.
+        gradients: differentiates ``model_fn`` (False: a query-based attack such as Square,
+            which can show gradient masking).
+        description: one line for listings.
+        eps_relative: settings that may be given as a fraction of eps, as ``<name>_ratio``.
+        params: (derived) the function's keyword settings, in signature order (not ``eps`` and
+            ``generator``); each is described in :data:`PARAMS`.
+        required: (derived) settings without a default.
+        randomized: (derived) the function takes a ``generator`` (e.g. PGD's random start).
+    """
+
+    name: str
+    function: Callable[..., Tensor]
+    kind: str
+    norms: tuple[str, ...]
+    gradients: bool
+    description: str
+    eps_relative: tuple[str, ...] = ()
+    params: tuple[str, ...] = field(init=False)
+    required: tuple[str, ...] = field(init=False)
+    randomized: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        sig = inspect.signature(self.function).parameters
+        kw = [n for n, p in sig.items() if p.kind == p.KEYWORD_ONLY]
+        params = tuple(n for n in kw if n not in _NOT_SETTINGS)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "required", tuple(n for n in params if sig[n].default is inspect.Parameter.empty))
+        object.__setattr__(self, "randomized", "generator" in kw)
+
+    @property
+    def uses_eps(self) -> bool:
+        """The attack takes a budget ``eps`` (``kind == "bounded"``)."""
+        return self.kind == BOUNDED
+
+    @property
+    def targeted(self) -> bool:
+        """The attack has a targeted mode (``targeted=True``: ``y`` holds the target classes)."""
+        return "targeted" in self.params
+
+    @property
+    def sweep(self) -> tuple[str, ...]:
+        """Settings a benchmark config may give as a list (one cell per value)."""
+        return tuple(n for n in self.params if PARAMS[n].sweep)
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """Every keyword :meth:`run` accepts besides ``eps`` and ``generator``: settings and ``<name>_ratio``."""
+        return self.params + tuple(n + RATIO for n in self.eps_relative)
+
+    def defaults(self) -> dict[str, Any]:
+        """The function's default settings (required ones are left out)."""
+        sig = inspect.signature(self.function).parameters
+        return {n: sig[n].default for n in self.params if n not in self.required}
+
+    def norm(self, params: dict[str, Any] | None = None) -> str:
+        """The norm of a call with these settings.
+
+        Example:
+            >>> get_attack_spec("pgd").norm({"norm": "l2"}), get_attack_spec("deepfool").norm()
+            ('l2', 'l2')
+        """
+        return (params or {}).get("norm", self.norms[0])
+
+    def resolve(self, params: dict[str, Any], eps: float | Tensor | None = None) -> dict[str, Any]:
+        """The function's keyword settings: ``<name>_ratio`` turned into ``<name> = ratio * eps``.
+
+        Raises:
+            UnknownNameError: a keyword the attack does not take; the message lists those it does.
+            RangeError: a ratio without eps, or both ``<name>`` and ``<name>_ratio``.
+        Example:
+            >>> get_attack_spec("pgd").resolve({"step_ratio": 0.25, "iters": 10}, eps=0.04)
+            {'iters': 10, 'step': 0.01}
+        """
+        unknown = sorted(set(params) - set(self.accepted))
+        if unknown:
+            raise UnknownNameError(f"attack {self.name!r}: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                                   f"it takes {', '.join(map(repr, self.accepted)) or 'none'}")
+        out = dict(params)
+        for name in self.eps_relative:
+            if name + RATIO not in out:
+                continue
+            if name in out:
+                raise RangeError(f"attack {self.name!r}: got both {name} and {name}{RATIO}; give one")
+            if eps is None:
+                raise RangeError(f"attack {self.name!r}: {name}{RATIO} needs eps ({name} = ratio * eps)")
+            out[name] = out.pop(name + RATIO) * eps
+        return out
+
+    def run(self, model_fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, /, *,
+            eps: float | Tensor | None = None, generator: torch.Generator | None = None, **params: Any) -> Tensor:
+        """Call the attack uniformly: ``eps`` for bounded attacks, ``generator`` where it draws.
+
+        ``generator`` is passed to randomized attacks and ignored by the others, so a caller can
+        always give one; ``<name>_ratio`` settings are resolved against ``eps`` (:meth:`resolve`).
+        The attack function checks the values.
+
+        Shape:
+            x: (B, C, H, W), floating, values in [0, 1]; y: (B,) int64; output: like x.
+        Raises:
+            RangeError: eps missing for a bounded attack, or given to a minimal one.
+            UnknownNameError: a setting the attack does not take.
+            and whatever the attack function raises for bad values.
+        Example:
+            >>> import torch
+            >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+            >>> x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+            >>> get_attack_spec("deepfool").run(clf, x, y, max_iter=5).shape
+            torch.Size([2, 3, 4, 4])
+        """
+        if self.uses_eps and eps is None:
+            raise RangeError(f"attack {self.name!r}: expected eps (a bounded attack), got None")
+        if not self.uses_eps and eps is not None:
+            raise RangeError(f"attack {self.name!r}: got eps={eps!r}, but it has no budget "
+                             "(a minimal-perturbation attack); leave eps out")
+        kwargs = self.resolve(params, eps)
+        if self.uses_eps:
+            kwargs["eps"] = eps
+        if self.randomized:
+            kwargs["generator"] = generator
+        return self.function(model_fn, x, y, **kwargs)
+
+
+_REGISTRY: dict[str, AttackSpec] = {
+    "fgsm": AttackSpec("fgsm", fgsm, BOUNDED, ("linf",), True,
+                       "fast gradient sign method: one signed-gradient step of size eps"),
+    "bim": AttackSpec("bim", bim, BOUNDED, ("linf",), True,
+                      "basic iterative method / I-FGSM: iters signed steps of eps / iters"),
+    "pgd": AttackSpec("pgd", pgd, BOUNDED, ("linf", "l2"), True,
+                      "projected gradient descent (Madry et al.), optional random start", eps_relative=("step",)),
+    "cw_l2": AttackSpec("cw_l2", cw_l2, MINIMAL, ("l2",), True,
+                        "Carlini-Wagner L2: Adam in tanh space on L2 + c * hinge, optional binary search over c"),
+    "deepfool": AttackSpec("deepfool", deepfool, MINIMAL, ("l2", "linf"), True,
+                           "DeepFool: iterated linearization to the nearest decision boundary"),
+}
+
+
+def list_attacks() -> list[str]:
+    """Names of the registered attacks, bounded ones first, in order of strength of the usual setting.
+
+    Example:
+        >>> list_attacks()
+        ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
+    """
+    return list(_REGISTRY)
+
+
+def get_attack_spec(name: str) -> AttackSpec:
+    """The spec registered under ``name``; unknown names list the known ones.
+
+    Example:
+        >>> get_attack_spec("cw_l2").kind
+        'minimal'
+        >>> get_attack_spec("cw")
+        Traceback (most recent call last):
+        ...
+        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool'
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise UnknownNameError(f"unknown attack {name!r}; known attacks: {', '.join(map(repr, _REGISTRY))}")
+    return _REGISTRY[name]
