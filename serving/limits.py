@@ -50,7 +50,6 @@ import json
 import logging
 import math
 import os
-import resource
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -137,6 +136,10 @@ def load_server_config(path: str | os.PathLike) -> ServerSettings:
 
 def check_descriptor_budget(limits: ServerLimits) -> None:
     """Warn when ``max_connections`` cannot be reached within the process's open-file limit."""
+    try:
+        import resource   # POSIX only; Windows has no such limit to check
+    except ImportError:
+        return
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Reserve for what the server itself keeps open: weights, libraries, the listening socket, logs.
     reserve = 64
