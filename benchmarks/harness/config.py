@@ -62,16 +62,17 @@ from benchmarks.harness.overrides import (BUNDLED_DIR, apply_overrides, apply_qu
 from benchmarks.harness.schema import (ATTACK_THROUGH, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HARNESS_FIXED,
                                        HEAD_PARAM_KEYS, HEADS, SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL,
                                        UNDEFENDED_SOURCE, AttackEntry, ConfigError, Ctx, Eps, RunConfig, config_params)
-from purify.attacks.registry import PARAMS, RATIO, AttackSpec, Param, get_attack_spec, list_attacks
+from purify.attacks.registry import RATIO, AttackSpec, Param, get_attack_spec, list_attacks
+from benchmarks.harness.worst import parse_worst, worst_entries
 from purify.errors import PurifyError
 
 __all__ = ["ConfigError", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",
            "UNDEFENDED_EVAL", "EOT_THREAT_MODELS", "AttackEntry", "RunConfig", "Eps", "load_config", "parse_config"]
 
 _TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "model", "substitute", "defense",
-             "attacks", "examples", "paper", "quick"}
+             "attacks", "examples", "paper", "quick", "worst"}
 # defense: unless every threat model is "none" / "substitute"; substitute: when one is "substitute" / "blackbox"
-_REQUIRED_TOP = ("description", "data", "model", "attacks")
+_REQUIRED_TOP = ("description", "data", "model")   # and [[attacks]] or [worst]
 _DATA_KEYS = {"dataset", "split", "count", "seed", "indices"}
 _MODEL_KEYS = {"name", "pretrained"}
 _DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
@@ -135,9 +136,12 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
         if "substitute" in cfg else None
     stages, head, head_params, attack_through = (_parse_defense(ctx, ctx.table(cfg["defense"], "defense"))
                                                  if "defense" in cfg else ((), "softmax", {}, "head"))
-    if not isinstance(cfg["attacks"], list) or not cfg["attacks"]:
-        raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries)")
-    attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(cfg["attacks"]))
+    raw_attacks = cfg.get("attacks", [])
+    if not isinstance(raw_attacks, list) or (not raw_attacks and "worst" not in cfg):
+        raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries), or a [worst] table")
+    attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(raw_attacks))
+    worst = parse_worst(ctx, cfg.get("worst"), stages, attacks)
+    attacks += worst_entries(worst, stages)
     if not stages:
         defended = sorted({t for a in attacks for t in a.threat_models} - set(UNDEFENDED_EVAL))
         if defended:
@@ -160,7 +164,7 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     return RunConfig(name=name, path=Path(path), description=description, batch_size=batch_size, device=device,
                      seed=seed, data=data, model=model, stages=stages, head=head, attacks=attacks,
                      examples=examples, paper=paper, is_quick=quick, raw=raw, head_params=head_params,
-                     attack_through=attack_through, substitute=substitute)
+                     attack_through=attack_through, substitute=substitute, worst=worst)
 
 
 def _parse_data(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +306,7 @@ def _parse_attack_params(ctx: Ctx, spec: AttackSpec, params: dict[str, Any], pke
     out = {}
     for k, v in params.items():
         ratio = k.endswith(RATIO) and k[:-len(RATIO)] in spec.eps_relative
-        p = Param("float", "", low=0.0) if ratio else PARAMS[k]
+        p = Param("float", "", low=0.0) if ratio else spec.param(k)
         vals = [_param_value(ctx, spec, k, p, x, f"{pkey}.{k}") for x in ctx.as_list(v, f"{pkey}.{k}")]
         out[k] = vals if isinstance(v, list) else vals[0]
     return out
@@ -321,7 +325,7 @@ def _param_value(ctx: Ctx, spec: AttackSpec, k: str, p: Param, v: Any, key: str)
         if not isinstance(v, bool):
             raise ctx.error(key, f"expected true or false, got {v!r}")
         return v
-    return ctx.string(v, key, spec.norms if k == "norm" else p.choices)
+    return ctx.string(v, key, p.choices)
 
 
 def _check_full_differentiable(ctx: Ctx, stages, key: str) -> None:

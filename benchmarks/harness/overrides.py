@@ -52,7 +52,7 @@ __all__ = ["parse_value", "apply_overrides", "check_quick", "apply_quick", "read
 #: The bundled configs, which ``extends = "<name>"`` and ``load_config("<name>")`` look up.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-_QUICK_KEYS = {"batch_size", "data", "attacks", "examples"}
+_QUICK_KEYS = {"batch_size", "data", "attacks", "examples", "worst"}
 _QUICK_ATTACK_KEYS = {"eps", "threat_models", "eot_samples", "params"}
 
 
@@ -202,7 +202,7 @@ def apply_quick(cfg: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
     out = dict(cfg)
     if "batch_size" in q:
         out["batch_size"] = q["batch_size"]
-    for sec in ("data", "examples"):
+    for sec in ("data", "examples", "worst"):
         if sec in q:
             merged = {**out.get(sec, {}), **q[sec]}
             if sec == "data" and ("indices" in q[sec]) != ("count" in q[sec]):   # count replaces indices and back
@@ -212,7 +212,7 @@ def apply_quick(cfg: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:
             out[sec] = merged
     overs = q.get("attacks", {})
     entries = []
-    for a in out["attacks"]:
+    for a in out.get("attacks", []):
         a = dict(a)
         for key in ("all", a.get("id", a.get("name"))):
             o = overs.get(key)

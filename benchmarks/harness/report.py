@@ -21,7 +21,9 @@ __all__ = ["COLUMNS", "machine", "write_csv", "plot_accuracy", "plot_examples", 
 #: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1].
 COLUMNS = ("cell", "attack", "attack_name", "norm", "eps", "eps_label", "threat_model", "iters", "eot_samples",
            "params", "n_images", "clean_accuracy", "accuracy", "n_clean_correct", "attack_success_rate",
-           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards")
+           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards", "adv_correct")
+#: ``adv_correct``: which images the evaluated model still got right after the attack, a hex bitmask in
+#: image order (benchmarks.harness.worst.encode_bits); the per-image worst case is computed from it.
 #: The threat models of the headline's "worst defended" column. Not ``blackbox``: its attacker never
 #: sees the target (it has a column of its own, as ``transfer`` has).
 DEFENDED = ("transfer", "bpda", "eot", "bpda+eot", "full")
@@ -236,6 +238,33 @@ def _headline_note(cfg, rows: list[dict[str, Any]]) -> str:
             + (" or `blackbox`." if "blackbox" in present else "."))
 
 
+def _worst_lines(cfg, rows: list[dict[str, Any]]) -> list[str]:
+    """The ``[worst]`` headline (per-image worst over the ensemble, 95 % interval) and the sanity checks."""
+    from benchmarks.harness.worst import sanity_flags, worst_rows
+
+    worst = worst_rows(cfg, rows)
+    if not worst:
+        return []
+    w = cfg.worst
+    lines = ["## Worst case over an AutoAttack-grade ensemble", "",
+             f"Per image, the worst over APGD-CE, APGD-DLR-targeted ({w.n_target_classes} target classes) and "
+             f"Square ({w.queries} queries){' and ' + ', '.join(w.include) if w.include else ''}; gradient attacks "
+             f"{w.iters} iterations × {w.restarts} restart(s) under {', '.join(w.threat_models)}"
+             + (f" (EOT {w.eot_samples} draws)" if any('eot' in t for t in w.threat_models) else "")
+             + ". An image counts as robust only if every cell left it correct. Interval: 95 % Wilson.", "",
+             "| norm | eps | worst-case accuracy % | 95 % interval | images | strongest single cell (its accuracy) | "
+             "images only one cell broke |", "|---|---|---:|---|---:|---|---|"]
+    for r in worst:
+        decisive = ", ".join(f"{k}: {v}" for k, v in r["decisive"].items()) or "none"
+        lines.append(f"| {r['norm']} | {r['eps_label']} | **{_pct(r['accuracy'])}** | [{_pct(r['ci_low'])}, "
+                     f"{_pct(r['ci_high'])}] | {r['n_images']} | {r['strongest']} ({_pct(r['strongest_accuracy'])}) "
+                     f"| {decisive} |")
+    lines += ["", "### Sanity checks (Carlini et al. 2019)", "",
+              "| check | status | evidence |", "|---|---|---|"]
+    lines += [f"| {f['check']} | {f['status']} | {f['evidence']} |" for f in sanity_flags(cfg, rows, worst)]
+    return lines + [""]
+
+
 def _cache_text(folder: Path | None) -> str:
     """`` in `~/.cache/purify/cells/<name>` ``: the home folder shortened, so reports do not carry a user name."""
     if folder is None:
@@ -281,6 +310,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         *_headline(rows),
         "",
     ]
+    lines += _worst_lines(cfg, rows)
     if cfg.paper:
         lines += ["## The paper's numbers next to ours", "", *_paper_lines(cfg.paper, rows, clean), ""]
     lines += [

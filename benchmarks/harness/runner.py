@@ -33,6 +33,7 @@ from benchmarks.harness.cells import (Cell, base_key, cells_dir, derive_seed, ex
                                       read_json, write_json)
 from benchmarks.harness.config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
 from benchmarks.harness.threats import attack_model_fn, full_pipeline, run_attack
+from benchmarks.harness.worst import encode_bits
 from purify.attacks import rho2
 from purify.errors import PurifyError
 from purify.pipeline import Pipeline
@@ -235,12 +236,14 @@ class _Stats:
         self.max_linf = 0.0
         self.wall = 0.0
         self.forwards = self.backwards = 0
+        self.adv_correct: list[bool] = []
 
     def add(self, x: torch.Tensor, x_adv: torch.Tensor, adv_ok: torch.Tensor, clean_ok: torch.Tensor) -> None:
         d = (x_adv - x).flatten(1).double()
         linf = d.abs().amax(1)
         self.n += len(x)
         self.correct += int(adv_ok.sum())
+        self.adv_correct += [bool(v) for v in adv_ok.tolist()]
         self.clean_correct += int(clean_ok.sum())
         self.flipped += int((clean_ok & ~adv_ok).sum())
         self.l2 += float(torch.linalg.vector_norm(d, dim=1).sum())
@@ -260,6 +263,7 @@ def _row(cell: Cell, s: _Stats, clean_acc: float) -> dict[str, Any]:
         "attack_success_rate": s.flipped / s.clean_correct if s.clean_correct else float("nan"),
         "mean_l2": s.l2 / s.n, "mean_linf": s.linf / s.n, "max_linf": s.max_linf, "rho2": s.rho / s.n,
         "wall_s": round(s.wall, 3), "forwards": s.forwards, "backwards": s.backwards,
+        "adv_correct": encode_bits(s.adv_correct),
     }
 
 
@@ -360,7 +364,8 @@ def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: 
         missing = []
         for c in job:
             hit = read_json(cache / c.filename)
-            if hit is not None and hit.get("key") == c.key:
+            # A cell cached before rows carried their per-image result (adv_correct) is computed again.
+            if hit is not None and hit.get("key") == c.key and "adv_correct" in hit.get("row", {}):
                 rows[c.hash] = hit["row"]
                 result.cached.append(c.label)
             else:

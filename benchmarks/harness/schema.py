@@ -101,6 +101,7 @@ class RunConfig:
     head_params: dict[str, Any] = field(default_factory=dict)     # WNLL: artifact, mode, k, k_sigma
     attack_through: str = "head"
     substitute: dict[str, Any] | None = None                       # [substitute]: name, pretrained
+    worst: Any = None                                              # [worst]: a harness.worst.WorstConfig
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

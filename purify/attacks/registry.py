@@ -9,13 +9,13 @@ itself at import time; adding an attack means one file with its function and one
 Two kinds of attack:
 
 * ``"bounded"``: takes ``eps`` and returns ``x_adv`` with ``‖x_adv - x‖ <= eps`` in its norm
-  (fgsm, bim, pgd; later APGD, Square); reported at each eps;
+  (fgsm, bim, pgd, apgd, square); reported at each eps;
 * ``"minimal"``: no budget; searches for a small perturbation that changes the label (cw_l2,
   deepfool); reported with the mean norm of what it found.
 
 Example:
     >>> list_attacks()
-    ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
+    ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool']
     >>> spec = get_attack_spec("pgd")
     >>> spec.kind, spec.norms, spec.required, spec.randomized
     ('bounded', ('linf', 'l2'), ('step', 'iters'), True)
@@ -30,15 +30,17 @@ Example:
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from purify.attacks.apgd import APGD_LOSSES, apgd
 from purify.attacks.cw import cw_l2
 from purify.attacks.deepfool import deepfool
 from purify.attacks.gradient import bim, fgsm, pgd
+from purify.attacks.square import square
 from purify.errors import RangeError, UnknownNameError
 
 __all__ = ["BOUNDED", "MINIMAL", "KINDS", "NORMS", "Param", "PARAMS", "AttackSpec", "list_attacks",
@@ -91,6 +93,11 @@ PARAMS: dict[str, Param] = {
     "overshoot": Param("float", "factor 1 + overshoot on the accumulated step", low=0.0),
     "max_iter": Param("int", "maximum number of linearization steps", low=0),
     "num_classes": Param("int", "classes considered (the label's and the next by clean logit)", low=2),
+    "restarts": Param("int", "runs from fresh random starts (per target class when targeted)", low=1),
+    "rho": Param("float", "APGD halves its step when at most this fraction of steps raised the loss", low=0.0),
+    "n_target_classes": Param("int", "target classes of APGD-T, the highest-scoring wrong ones", low=1),
+    "queries": Param("int", "model calls per image (score-based attacks)", low=0, sweep=True),
+    "p_init": Param("float", "initial fraction of pixels in a Square update", low=0.0, low_open=True),
 }
 
 
@@ -109,6 +116,8 @@ class AttackSpec:
             which can show gradient masking).
         description: one line for listings.
         eps_relative: settings that may be given as a fraction of eps, as ``<name>_ratio``.
+        choices: ``(setting, values)`` pairs where this attack's choices differ from :data:`PARAMS`
+            (APGD's losses); :meth:`param` merges them.
         params: (derived) the function's keyword settings, in signature order (not ``eps`` and
             ``generator``); each is described in :data:`PARAMS`.
         required: (derived) settings without a default.
@@ -122,6 +131,7 @@ class AttackSpec:
     gradients: bool
     description: str
     eps_relative: tuple[str, ...] = ()
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
     params: tuple[str, ...] = field(init=False)
     required: tuple[str, ...] = field(init=False)
     randomized: bool = field(init=False)
@@ -133,6 +143,16 @@ class AttackSpec:
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "required", tuple(n for n in params if sig[n].default is inspect.Parameter.empty))
         object.__setattr__(self, "randomized", "generator" in kw)
+
+    def param(self, name: str) -> Param:
+        """How this attack takes setting ``name``: :data:`PARAMS` with the spec's own choices.
+
+        Example:
+            >>> get_attack_spec("apgd").param("loss").choices, get_attack_spec("pgd").param("norm").choices
+            (('ce', 'dlr', 'dlr-targeted'), ('linf', 'l2'))
+        """
+        own = dict(self.choices, norm=self.norms).get(name)
+        return replace(PARAMS[name], choices=own) if own is not None and PARAMS[name].kind == "choice" else PARAMS[name]
 
     @property
     def uses_eps(self) -> bool:
@@ -234,6 +254,11 @@ _REGISTRY: dict[str, AttackSpec] = {
                       "basic iterative method / I-FGSM: iters signed steps of eps / iters"),
     "pgd": AttackSpec("pgd", pgd, BOUNDED, ("linf", "l2"), True,
                       "projected gradient descent (Madry et al.), optional random start", eps_relative=("step",)),
+    "apgd": AttackSpec("apgd", apgd, BOUNDED, ("linf", "l2"), True,
+                       "auto-PGD (Croce & Hein): momentum, budget-aware step halving, restarts; ce, dlr or targeted dlr",
+                       choices=(("loss", APGD_LOSSES),)),
+    "square": AttackSpec("square", square, BOUNDED, ("linf", "l2"), False,
+                         "Square attack (Andriushchenko et al.): score-based random search, no gradients"),
     "cw_l2": AttackSpec("cw_l2", cw_l2, MINIMAL, ("l2",), True,
                         "Carlini-Wagner L2: Adam in tanh space on L2 + c * hinge, optional binary search over c"),
     "deepfool": AttackSpec("deepfool", deepfool, MINIMAL, ("l2", "linf"), True,
@@ -246,7 +271,7 @@ def list_attacks() -> list[str]:
 
     Example:
         >>> list_attacks()
-        ['fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool']
+        ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool']
     """
     return list(_REGISTRY)
 
@@ -260,7 +285,7 @@ def get_attack_spec(name: str) -> AttackSpec:
         >>> get_attack_spec("cw")
         Traceback (most recent call last):
         ...
-        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'cw_l2', 'deepfool'
+        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool'
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownNameError(f"unknown attack {name!r}; known attacks: {', '.join(map(repr, _REGISTRY))}")

@@ -41,15 +41,15 @@ def _batch(model, n=4, seed=0):
 # ----------------------------------------------------------------------------- the registry itself
 
 def test_list_attacks_order_and_public_names():
-    assert list_attacks() == ["fgsm", "bim", "pgd", "cw_l2", "deepfool"]
+    assert list_attacks() == ["fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool"]
     assert attacks.list_attacks() == list_attacks()
     for name in NAMES:
         assert getattr(attacks, name) is get_attack_spec(name).function      # the public function itself
 
 
 def test_exception_unknown_name_lists_the_known_ones():
-    with pytest.raises(UnknownNameError, match=r"unknown attack 'apgd'; known attacks: 'fgsm', 'bim', 'pgd'"):
-        get_attack_spec("apgd")
+    with pytest.raises(UnknownNameError, match=r"unknown attack 'fab'; known attacks: 'fgsm', 'bim', 'pgd'"):
+        get_attack_spec("fab")
     with pytest.raises(KeyError):
         get_attack_spec(None)
 
@@ -81,7 +81,7 @@ def test_spec_matches_signature(name):
     for p, default in spec.defaults().items():     # defaults have the declared type
         kind = PARAMS[p].kind
         assert {"int": type(default) is int, "float": isinstance(default, float), "bool": isinstance(default, bool),
-                "choice": default in (spec.norms if p == "norm" else PARAMS[p].choices)}[kind], (p, default)
+                "choice": default in spec.param(p).choices}[kind], (p, default)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,7 +91,7 @@ def test_declared_bounds_and_choices_are_the_functions(name):
     model = make_linear(k=4)
     x, y = _batch(model, n=2)
     for p in spec.params:
-        d = PARAMS[p]
+        d = spec.param(p)                           # PARAMS[p] with the spec's own choices (norms, APGD's losses)
         if d.kind == "int":
             _call(spec, model, x, y, **{p: int(d.low)})
             with pytest.raises(RangeError):
@@ -102,7 +102,7 @@ def test_declared_bounds_and_choices_are_the_functions(name):
             with pytest.raises(RangeError):
                 _call(spec, model, x, y, **{p: d.low if d.low_open else d.low - 0.5})
         elif d.kind == "choice":
-            for choice in spec.norms if p == "norm" else d.choices:
+            for choice in d.choices:
                 assert _call(spec, model, x, y, **{p: choice}).shape == x.shape
             with pytest.raises(UnknownNameError):
                 _call(spec, model, x, y, **{p: "nope"})

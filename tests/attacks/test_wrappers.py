@@ -184,7 +184,7 @@ def test_counted_model_counts_every_eot_draw(order, linear):
 
 
 def test_list_attacks():
-    assert list_attacks() == ["fgsm", "bim", "pgd", "cw_l2", "deepfool"]
+    assert list_attacks() == ["fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool"]
     import purify.attacks as attacks
     assert all(callable(getattr(attacks, name)) for name in list_attacks())
 

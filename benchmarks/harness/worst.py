@@ -1,0 +1,301 @@
+"""The ``worst`` threat model: per image, the worst over an AutoAttack-grade ensemble; and the sanity flags.
+
+A config's ``[worst]`` table asks for the headline figure of a defense::
+
+    [worst]
+    norm = "linf"                 # or "l2"
+    eps = ["8/255"]               # the budgets of the headline
+    iters = 100                   # APGD iterations per restart (APGD-CE and APGD-DLR-targeted)
+    restarts = 1
+    n_target_classes = 9          # APGD-T: the target classes tried per image
+    queries = 5000                # Square's queries per image
+    eot_samples = 10              # gradient attacks on a randomized defense average this many draws
+    threat_models = ["bpda+eot"]  # optional: the gradient attacks' threat models (default: from the defense)
+    include = ["pgd"]             # optional: ids of this config's own [[attacks]] that join the ensemble
+    sanity = true                 # add the sanity cells (large eps; twice the iterations / EOT samples)
+    sanity_eps = "64/255"         # the large budget at which accuracy must reach ~0 (default 8 x eps, L2: 10 x)
+
+It expands into ordinary attack entries (so cells, caching and resume work as for any other
+entry): ``worst-apgd-ce``, ``worst-apgd-t`` (targeted DLR) and ``worst-square``, and with
+``sanity`` ``sanity-large-eps`` (APGD-CE at ``sanity_eps``) and ``sanity-more`` (APGD-CE with
+twice the iterations, and twice the EOT samples on a randomized defense). The gradient attacks'
+threat models follow the defense (:func:`gradient_threat_models`): none without a defense;
+``full`` through differentiable (or straight-through) deterministic stages, and ``bpda`` too where
+a stage only has a straight-through gradient; ``bpda+eot`` (and ``eot`` where exact gradients
+exist) for a randomized defense, AutoAttack's "rand" protocol. Square needs no gradients: it
+queries the defended model itself.
+
+Every cell records which images it left correct (the ``adv_correct`` column, a hex bitmask in
+image order), so :func:`worst_rows` takes, per image, the AND over the ensemble's cells at each
+eps: an image counts as robust only if every attack under every threat model failed on it.
+:func:`sanity_flags` then checks Carlini et al. (2019)'s list: accuracy falls to ~0 at a large
+eps; more iterations or EOT samples do not lower it further; Square does not beat the gradient
+attacks (else the defense masks gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.harness.schema import (DEFAULT_EOT_SAMPLES, UNDEFENDED_EVAL, AttackEntry, Ctx, Eps)
+
+__all__ = ["WorstConfig", "parse_worst", "worst_entries", "gradient_threat_models", "worst_rows", "sanity_flags",
+           "wilson", "encode_bits", "decode_bits", "WORST_KEYS"]
+
+WORST_KEYS = {"norm", "eps", "iters", "restarts", "n_target_classes", "queries", "eot_samples", "threat_models",
+              "include", "sanity", "sanity_eps"}
+#: Components of the ensemble: (entry id, attack, fixed params).
+COMPONENTS = (("worst-apgd-ce", "apgd", {"loss": "ce"}), ("worst-apgd-t", "apgd", {"loss": "dlr-targeted"}),
+              ("worst-square", "square", {}))
+#: Accuracy above which "accuracy reaches ~0 at a large eps" is flagged.
+LARGE_EPS_MAX_ACCURACY = 0.02
+
+
+@dataclass(frozen=True)
+class WorstConfig:
+    norm: str
+    eps: tuple[Eps, ...]
+    iters: int
+    restarts: int
+    n_target_classes: int
+    queries: int
+    eot_samples: int
+    threat_models: tuple[str, ...]
+    include: tuple[str, ...]
+    sanity: bool
+    sanity_eps: Eps
+
+
+def gradient_threat_models(stages) -> tuple[str, ...]:
+    """The threat models under which the ensemble's gradient attacks see a defense of ``stages``.
+
+    Example:
+        >>> gradient_threat_models(()), gradient_threat_models((("dct", {}),)), gradient_threat_models((("tvm", {}),))
+        (('none',), ('bpda', 'full'), ('bpda+eot', 'eot'))
+    """
+    from purify.registry import get_purifier_spec
+
+    if not stages:
+        return ("none",)
+    specs = [get_purifier_spec(name) for name, _ in stages]
+    exact = all(s.differentiable for s in specs)
+    straight_through = all(s.differentiable or "ste" in s.params for s in specs)
+    if any(s.randomized for s in specs):
+        return ("bpda+eot", "eot") if straight_through else ("bpda+eot",)
+    if exact:
+        return ("full",)
+    return ("bpda", "full") if straight_through else ("bpda",)
+
+
+def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> WorstConfig | None:
+    """Check a ``[worst]`` table (see the module docstring); None when the config has none."""
+    if t is None:
+        return None
+    from benchmarks.harness.schema import THREAT_MODELS
+
+    t = ctx.table(t, "worst")
+    ctx.keys(t, WORST_KEYS, "worst", ("eps",))
+    norm = ctx.string(t.get("norm", "linf"), "worst.norm", ("linf", "l2"))
+    eps = tuple(ctx.number(e, "worst.eps") for e in ctx.as_list(t["eps"], "worst.eps"))
+    if not eps:
+        raise ctx.error("worst.eps", "expected at least one budget, e.g. eps = [\"8/255\"]")
+    allowed = gradient_threat_models(stages)
+    tms = tuple(ctx.string(x, "worst.threat_models", THREAT_MODELS)
+                for x in ctx.as_list(t.get("threat_models", list(allowed)), "worst.threat_models"))
+    wrong = [x for x in tms if x not in allowed]
+    if wrong or not tms:
+        raise ctx.error("worst.threat_models", f"this defense is attacked under {', '.join(allowed)}; got "
+                        f"{', '.join(wrong) or 'none'}")
+    ids = {a.id: a for a in attacks}
+    include = tuple(ctx.string(x, "worst.include", tuple(ids)) for x in ctx.as_list(t.get("include", []), "worst.include"))
+    for i in include:
+        if ids[i].spec.kind != "bounded" or ids[i].norm != norm:
+            raise ctx.error("worst.include", f"attack {i!r} is not a {norm} attack with a budget; only those join "
+                            "the worst case")
+    sanity = t.get("sanity", True)
+    if not isinstance(sanity, bool):
+        raise ctx.error("worst.sanity", f"expected true or false, got {sanity!r}")
+    factor = 8 if norm == "linf" else 10
+    default_large = Eps(eps[-1].value * factor, _times(eps[-1].label, factor))
+    large = ctx.number(t["sanity_eps"], "worst.sanity_eps") if "sanity_eps" in t else default_large
+    return WorstConfig(norm=norm, eps=eps, iters=ctx.integer(t.get("iters", 100), "worst.iters", low=1),
+                       restarts=ctx.integer(t.get("restarts", 1), "worst.restarts", low=1),
+                       n_target_classes=ctx.integer(t.get("n_target_classes", 9), "worst.n_target_classes", low=1),
+                       queries=ctx.integer(t.get("queries", 5000), "worst.queries", low=1),
+                       eot_samples=ctx.integer(t.get("eot_samples", DEFAULT_EOT_SAMPLES), "worst.eot_samples", low=1),
+                       threat_models=tms, include=include, sanity=sanity, sanity_eps=large)
+
+
+def _times(label: str, factor: int) -> str:
+    """``"8/255"`` times 8 as ``"64/255"``; a decimal label as a number."""
+    num, _, den = label.partition("/")
+    try:
+        return f"{int(num) * factor}/{int(den)}" if den else f"{float(num) * factor:g}"
+    except ValueError:
+        return f"{label}x{factor}"
+
+
+def worst_entries(w: WorstConfig | None, stages) -> tuple[AttackEntry, ...]:
+    """The attack entries a ``[worst]`` table expands into (ensemble, then sanity cells)."""
+    if w is None:
+        return ()
+    square_tm = ("none",) if not stages else ("bpda",)     # Square only reads the defended model's outputs
+    out = []
+    for aid, name, fixed in COMPONENTS:
+        params: dict[str, Any] = {"norm": w.norm, **fixed}
+        if name == "apgd":
+            params.update(iters=w.iters, restarts=w.restarts)
+            if fixed["loss"] == "dlr-targeted":
+                params["n_target_classes"] = w.n_target_classes
+        else:
+            params["queries"] = w.queries
+        out.append(AttackEntry(id=aid, name=name, eps=w.eps, params=params, eot_samples=(w.eot_samples,),
+                               threat_models=w.threat_models if name == "apgd" else square_tm))
+    if w.sanity:
+        ce = {"norm": w.norm, "loss": "ce", "restarts": 1}
+        out.append(AttackEntry(id="sanity-large-eps", name="apgd", eps=(w.sanity_eps,), params={**ce, "iters": w.iters},
+                               threat_models=w.threat_models, eot_samples=(w.eot_samples,)))
+        out.append(AttackEntry(id="sanity-more", name="apgd", eps=(w.eps[-1],), params={**ce, "iters": 2 * w.iters},
+                               threat_models=w.threat_models, eot_samples=(2 * w.eot_samples,)))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------- per image
+
+def encode_bits(correct) -> str:
+    """A bool sequence as hex, first image in the highest bit of the first digit; ``''`` for none.
+
+    Example:
+        >>> encode_bits([True, False, True, True, False]), decode_bits("b0", 5)
+        ('b0', [True, False, True, True, False])
+    """
+    bits = "".join("1" if c else "0" for c in correct)
+    if not bits:
+        return ""
+    bits += "0" * (-len(bits) % 4)
+    return "".join(f"{int(bits[i:i + 4], 2):x}" for i in range(0, len(bits), 4))
+
+
+def decode_bits(text: str, n: int) -> list[bool]:
+    bits = "".join(f"{int(ch, 16):04b}" for ch in text)
+    return [b == "1" for b in bits[:n]]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n (sensible at 0 and n, unlike the normal one).
+
+    Example:
+        >>> [round(v, 3) for v in wilson(0, 100)]
+        [0.0, 0.037]
+    """
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _label(r: dict[str, Any]) -> str:
+    extra = (f", iters {r['iters']}" if r["iters"] != "" else "") + (f", EOT {r['eot_samples']}" if r["eot_samples"] else "")
+    return f"{r['attack']} ({r['threat_model']}{extra})"
+
+
+def _components(cfg, rows: list[dict[str, Any]], eps: Eps) -> list[dict[str, Any]]:
+    ids = {aid for aid, _, _ in COMPONENTS} | set(cfg.worst.include)
+    defended = bool(cfg.stages)
+    return [r for r in rows if r["attack"] in ids and r["eps"] != "" and abs(float(r["eps"]) - eps.value) < 1e-12
+            and (r["threat_model"] not in UNDEFENDED_EVAL or not defended) and r["threat_model"] != "transfer"]
+
+
+def worst_rows(cfg, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per ``[worst]`` eps: the per-image worst over the ensemble's cells, with its 95 % interval.
+
+    ``decisive`` names, per component, how many images only it broke (none of the others did).
+    """
+    if cfg.worst is None:
+        return []
+    out = []
+    for eps in cfg.worst.eps:
+        comps = _components(cfg, rows, eps)
+        if not comps:
+            continue
+        n = int(comps[0]["n_images"])
+        bits = [decode_bits(r["adv_correct"], n) for r in comps]
+        robust = [all(b[i] for b in bits) for i in range(n)]
+        k = sum(robust)
+        lo, hi = wilson(k, n)
+        strongest = min(comps, key=lambda r: r["accuracy"])
+        decisive = {}
+        for j, r in enumerate(comps):
+            only = sum(1 for i in range(n) if not bits[j][i] and all(bits[m][i] for m in range(len(comps)) if m != j))
+            if only:
+                decisive[_label(r)] = only
+        out.append({"norm": cfg.worst.norm, "eps": eps.value, "eps_label": eps.label, "n_images": n,
+                    "accuracy": k / n, "ci_low": lo, "ci_high": hi, "cells": len(comps),
+                    "strongest": _label(strongest), "strongest_accuracy": strongest["accuracy"],
+                    "decisive": decisive})
+    return out
+
+
+def sanity_flags(cfg, rows: list[dict[str, Any]], worst: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Carlini et al.'s checks with their evidence: ``{"check", "status" (ok / FLAG / not checked), "evidence"}``."""
+    if cfg.worst is None:
+        return []
+    w = cfg.worst
+    flags = []
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_id.setdefault(r["attack"], []).append(r)
+    large = by_id.get("sanity-large-eps", [])
+    if large:
+        acc = min(r["accuracy"] for r in large)
+        flags.append({"check": f"accuracy reaches ~0 at a large eps ({w.sanity_eps.label})",
+                      "status": "ok" if acc <= LARGE_EPS_MAX_ACCURACY else "FLAG",
+                      "evidence": f"APGD-CE at {w.sanity_eps.label}: {100 * acc:.1f} % (limit "
+                                  f"{100 * LARGE_EPS_MAX_ACCURACY:.0f} %); a defense that keeps images at such a "
+                                  "budget is masking gradients or the attack is broken"})
+    else:
+        flags.append({"check": "accuracy reaches ~0 at a large eps", "status": "not checked",
+                      "evidence": "sanity = false in [worst]"})
+    base = [r for r in by_id.get("worst-apgd-ce", []) if abs(float(r["eps"]) - w.eps[-1].value) < 1e-12]
+    more = by_id.get("sanity-more", [])
+    if base and more:
+        lines, flagged = [], False
+        for r in more:
+            b = next((x for x in base if x["threat_model"] == r["threat_model"]), None)
+            if b is None:
+                continue
+            n = int(r["n_images"])
+            lo, hi = wilson(round(b["accuracy"] * n), n)
+            drop = b["accuracy"] - r["accuracy"]
+            flagged |= r["accuracy"] < lo
+            lines.append(f"{r['threat_model']}: {100 * b['accuracy']:.1f} % → {100 * r['accuracy']:.1f} % with "
+                         f"iters {b['iters']}→{r['iters']}" + (f", EOT {b['eot_samples']}→{r['eot_samples']}"
+                                                              if r["eot_samples"] else "")
+                         + f" (drop {100 * drop:.1f} points; 95 % interval of the base [{100 * lo:.1f}, {100 * hi:.1f}])")
+        flags.append({"check": "more iterations / EOT samples do not lower accuracy further",
+                      "status": "FLAG" if flagged else "ok",
+                      "evidence": "; ".join(lines) + ("; the attack has not converged: the worst case is an upper "
+                                                      "bound" if flagged else "")})
+    else:
+        flags.append({"check": "more iterations / EOT samples do not lower accuracy further", "status": "not checked",
+                      "evidence": "sanity = false in [worst]"})
+    for wr in worst:
+        comps = _components(cfg, rows, Eps(wr["eps"], wr["eps_label"]))
+        sq = [r for r in comps if r["attack"] == "worst-square"]
+        grad = [r for r in comps if r["attack"] != "worst-square"]
+        if not sq or not grad:
+            continue
+        s, g = sq[0], min(grad, key=lambda r: r["accuracy"])
+        n = int(s["n_images"])
+        lo, _ = wilson(round(g["accuracy"] * n), n)
+        masked = s["accuracy"] < lo
+        flags.append({"check": f"Square does not beat the gradient attacks ({wr['eps_label']})",
+                      "status": "FLAG" if masked else "ok",
+                      "evidence": f"Square {100 * s['accuracy']:.1f} % vs best gradient attack {_label(g)} "
+                                  f"{100 * g['accuracy']:.1f} %" + ("; a score-based attack doing better means the "
+                                                                   "gradients are masked" if masked else "")})
+    return flags
