@@ -1,6 +1,7 @@
 """Command line of the benchmark harness.
 
     python -m benchmarks list
+    python -m benchmarks leaderboard [--rows ID,ID] [--report-only] [--data-dir DIR]   (see benchmarks.leaderboard)
     python -m benchmarks run <config-name-or-path> [--quick] [--set KEY=VALUE ...] [--data-dir DIR] [--out DIR]
                              [--device D] [--threads N] [--cache-dir DIR]
 
@@ -28,9 +29,13 @@ from benchmarks.harness import ConfigError, bundled_configs, run
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["leaderboard"]:
+        from benchmarks.leaderboard import main as leaderboard
+        return leaderboard(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="show the bundled configs")
+    sub.add_parser("leaderboard", help="rank every shipped defense by its worst case (--help for its options)")
     r = sub.add_parser("run", help="run one config")
     r.add_argument("config", help="a bundled config name (see `list`) or a path to a .toml file")
     r.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides; writes to <out>-quick")

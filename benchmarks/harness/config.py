@@ -227,8 +227,9 @@ def _parse_defense(ctx: Ctx, t: dict[str, Any]) -> tuple[tuple[tuple[str, dict[s
     from purify.registry import list_purifiers
     head = ctx.string(t.get("head", "softmax"), "defense.head", HEADS)
     head_params, attack_through = _parse_head(ctx, t, head)
-    if not isinstance(t["stages"], list) or not t["stages"]:
-        raise ctx.error("defense.stages", "expected a non-empty array of stages, e.g. [{ name = \"tvm\" }]")
+    if not isinstance(t["stages"], list) or (not t["stages"] and head == "softmax"):
+        raise ctx.error("defense.stages", "expected a non-empty array of stages, e.g. [{ name = \"tvm\" }] "
+                        "(empty only with a head other than softmax: the head alone is then the defense)")
     stages = []
     for i, s in enumerate(t["stages"]):
         key = f"defense.stages[{i}]"

@@ -203,10 +203,15 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r['attack']} ({r['threat_model']}{extra})"
 
 
+def _same_eps(value: Any, eps: float) -> bool:
+    # cells.csv keeps 6 significant digits: compare relatively.
+    return value != "" and math.isclose(float(value), eps, rel_tol=1e-5, abs_tol=1e-12)
+
+
 def _components(cfg, rows: list[dict[str, Any]], eps: Eps) -> list[dict[str, Any]]:
     ids = {aid for aid, _, _ in COMPONENTS} | set(cfg.worst.include)
     defended = bool(cfg.stages)
-    return [r for r in rows if r["attack"] in ids and r["eps"] != "" and abs(float(r["eps"]) - eps.value) < 1e-12
+    return [r for r in rows if r["attack"] in ids and _same_eps(r["eps"], eps.value)
             and (r["threat_model"] not in UNDEFENDED_EVAL or not defended) and r["threat_model"] != "transfer"]
 
 
@@ -260,7 +265,7 @@ def sanity_flags(cfg, rows: list[dict[str, Any]], worst: list[dict[str, Any]]) -
     else:
         flags.append({"check": "accuracy reaches ~0 at a large eps", "status": "not checked",
                       "evidence": "sanity = false in [worst]"})
-    base = [r for r in by_id.get("worst-apgd-ce", []) if abs(float(r["eps"]) - w.eps[-1].value) < 1e-12]
+    base = [r for r in by_id.get("worst-apgd-ce", []) if _same_eps(r["eps"], w.eps[-1].value)]
     more = by_id.get("sanity-more", [])
     if base and more:
         lines, flagged = [], False

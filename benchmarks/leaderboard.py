@@ -1,0 +1,364 @@
+"""``python -m benchmarks leaderboard``: every shipped defense ranked by its worst case, on one page.
+
+    python -m benchmarks leaderboard --data-dir ../shared/data                 # run what is missing, write the page
+    python -m benchmarks leaderboard --rows tvm,dct --data-dir ../shared/data  # some rows only
+    python -m benchmarks leaderboard --report-only                             # the page from the results, in seconds
+
+The rows and the budgets are in ``benchmarks/leaderboard.toml``. Each row (a model, its stages,
+its head) and each budget (L∞ 8/255, L2 0.5) becomes one ordinary harness config with a
+``[worst]`` table (:mod:`benchmarks.harness.worst`) and a PGD ``transfer`` entry, written to
+``<out>/configs/<row>-<norm>.toml`` so any cell can be re-run by hand, and run into
+``<out>/<row>-<norm>/`` with the harness's cell cache (an interrupted run resumes). The page,
+``benchmarks/results/leaderboard.md`` with the scatter plot ``leaderboard.png``, is built from the
+rows' ``cells.csv`` (which carry each cell's per-image results), so ``--report-only`` rebuilds it
+without attacking anything. A row whose model cannot be loaded (a reference still training) is
+listed as pending. Adding a defense to the leaderboard is one ``[[rows]]`` entry.
+
+Columns: clean accuracy (the defended model, one draw per image); the worst case per budget with
+its 95 % interval and the cell that achieved it; the transfer figure (what the papers report);
+the defense's own cost per image (its stages and head, not the classifier) at 1 and 2 threads;
+the sanity flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.harness.config import ConfigError, load_config
+from benchmarks.harness.report import machine
+from benchmarks.harness.worst import WORST_KEYS, sanity_flags, worst_rows
+
+__all__ = ["Row", "load_leaderboard", "row_config", "measure_cost", "build_page", "main", "DEFAULT_SPEC"]
+
+DEFAULT_SPEC = Path(__file__).resolve().parent / "leaderboard.toml"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "leaderboard"
+_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params"}
+_SETTING_KEYS = {"dataset", "split", "seed", "count_deterministic", "count_randomized", "batch_size", "budgets",
+                 "worst", "transfer"}
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    name: str
+    model: str
+    stages: tuple[dict[str, Any], ...] = ()
+    head: str = "softmax"
+    head_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def randomized(self) -> bool:
+        from purify.registry import get_purifier_spec
+        return any(get_purifier_spec(s["name"]).randomized for s in self.stages)
+
+
+def load_leaderboard(path: Path) -> tuple[dict[str, Any], list[Row]]:
+    """Read and check the leaderboard file: ``([settings], [[rows]])``; errors name the key."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the leaderboard: {e}") from None
+    s = doc.get("settings")
+    if not isinstance(s, dict) or set(s) - _SETTING_KEYS or not {"budgets", "worst"} <= set(s):
+        raise ConfigError(f"{path}: settings: expected a table with budgets and worst (keys: {sorted(_SETTING_KEYS)})")
+    for b in s["budgets"]:
+        if not isinstance(b, dict) or set(b) != {"norm", "eps"}:
+            raise ConfigError(f"{path}: settings.budgets: expected {{ norm = ..., eps = ... }} entries, got {b!r}")
+    unknown = sorted(set(s["worst"]) - (WORST_KEYS - {"norm", "eps"}))
+    if unknown:
+        raise ConfigError(f"{path}: settings.worst.{unknown[0]}: unknown key")
+    rows, seen = [], set()
+    for i, r in enumerate(doc.get("rows", [])):
+        if not isinstance(r, dict) or set(r) - _ROW_KEYS or not {"id", "name", "model"} <= set(r):
+            raise ConfigError(f"{path}: rows[{i}]: expected id, name, model (and stages, head, head_params)")
+        if r["id"] in seen:
+            raise ConfigError(f"{path}: rows[{i}].id: {r['id']!r} is used twice")
+        seen.add(r["id"])
+        rows.append(Row(r["id"], r["name"], r["model"], tuple(r.get("stages", ())), r.get("head", "softmax"),
+                        dict(r.get("head_params", {}))))
+    if not rows:
+        raise ConfigError(f"{path}: rows: expected at least one [[rows]] entry")
+    return s, rows
+
+
+def row_config(settings: dict[str, Any], row: Row, budget: dict[str, Any]) -> dict[str, Any]:
+    """The harness config of one row at one budget (a TOML-able document)."""
+    norm, eps = budget["norm"], budget["eps"]
+    count = settings.get("count_randomized" if row.randomized else "count_deterministic", 500)
+    doc: dict[str, Any] = {
+        "name": f"leaderboard-{row.id}-{norm}",
+        "description": f"leaderboard: {row.name}, {norm} {eps}",
+        "batch_size": settings.get("batch_size", 100), "seed": settings.get("seed", 0),
+        "data": {"dataset": settings.get("dataset", "cifar10"), "split": settings.get("split", "test"),
+                 "count": count, "seed": settings.get("seed", 0)},
+        "model": {"name": row.model, "pretrained": True},
+        "worst": {"norm": norm, "eps": [eps], **settings["worst"]},
+    }
+    if row.stages or row.head != "softmax":
+        doc["defense"] = {"stages": [dict(s) for s in row.stages], "head": row.head,
+                          **({"head_params": row.head_params} if row.head != "softmax" else {})}
+    if row.stages:
+        t = settings.get("transfer", {})
+        doc["attacks"] = [{"name": "pgd", "id": "transfer-pgd", "eps": [eps], "threat_models": ["transfer"],
+                           "params": {"norm": norm, "iters": t.get("iters", 20), "step_ratio": t.get("step_ratio", 0.25),
+                                      "random_start": True}}]
+    return doc
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """A small TOML writer for :func:`row_config`'s documents (tables, arrays of tables, scalars)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return "[" + ", ".join(value(x) for x in v) + "]"
+
+    top = [f"{k} = {value(v)}" for k, v in doc.items() if not isinstance(v, dict) and k != "attacks"]
+    out = ["# written by python -m benchmarks leaderboard", *top]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            out += ["", f"[{k}]", *[f"{kk} = {value(vv)}" for kk, vv in v.items()]]
+    for a in doc.get("attacks", []):
+        out += ["", "[[attacks]]", *[f"{kk} = {value(vv)}" for kk, vv in a.items()]]
+    return "\n".join(out) + "\n"
+
+
+def _available(row: Row, data_dir: str | None) -> str | None:
+    """None when the row's model loads, else why not (the row is then pending)."""
+    from purify.errors import PurifyError
+    from purify.models import create_model, list_models
+
+    if row.model not in list_models():
+        return f"model {row.model!r} is not registered yet"
+    try:
+        create_model(row.model, pretrained=True, data_dir=data_dir)
+    except (PurifyError, OSError) as e:
+        return f"model {row.model!r} cannot be loaded: {e}"
+    return None
+
+
+def measure_cost(row: Row, *, threads: int, data_dir: str | None, batch: int = 64, repeats: int = 3) -> float:
+    """Milliseconds per image of the defense itself (its stages, and its head over the classifier's
+    features), batch ``batch``, median of ``repeats``; 0 for an undefended row."""
+    from purify.data import load_dataset
+    from purify.models import create_model
+    from purify.pipeline import Pipeline
+
+    if not row.stages and row.head == "softmax":
+        return 0.0
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, _ = load_dataset("cifar10", "test", data_dir=data_dir).tensors(slice(0, batch))
+        pipeline = Pipeline.from_spec([(s["name"], dict(s.get("params", {}))) for s in row.stages]) if row.stages else None
+        head = features = None
+        if row.head == "wnll":
+            from purify.wnll import WNLLHead
+            head = WNLLHead.load(row.head_params.get("artifact", "resnet56_wnll"), mode=row.head_params.get("mode"))
+            with torch.inference_mode():
+                features = create_model(row.model, pretrained=True, data_dir=data_dir).features(x)
+        times = []
+        gen = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            for _ in range(repeats + 1):          # the first run warms caches and kernels up
+                t0 = time.perf_counter()
+                if pipeline is not None:
+                    pipeline.run(x, generator=gen)
+                if head is not None:
+                    head.log_scores(features)
+                times.append(time.perf_counter() - t0)
+        return 1000 * sorted(times[1:])[len(times[1:]) // 2] / batch
+    finally:
+        torch.set_num_threads(before)
+
+
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """A results folder's ``cells.csv`` with numbers as numbers (what worst_rows and the flags read)."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            for k in ("eps", "accuracy", "clean_accuracy", "wall_s"):
+                r[k] = float(r[k]) if r[k] not in ("", "nan") else (float("nan") if r[k] == "nan" else "")
+            r["n_images"] = int(r["n_images"])
+            rows.append(r)
+    return rows
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def row_results(out: Path, settings: dict[str, Any], row: Row) -> dict[str, Any] | None:
+    """What the page shows for one row, from its results folders; None when a budget has no results yet."""
+    res: dict[str, Any] = {"row": row, "budgets": {}}
+    for b in settings["budgets"]:
+        folder = out / f"{row.id}-{b['norm']}"
+        if not (folder / "cells.csv").is_file():
+            return None
+        cfg = load_config(out / "configs" / f"{row.id}-{b['norm']}.toml")
+        cells = read_cells(folder / "cells.csv")
+        (w,) = worst_rows(cfg, cells)
+        transfer = [c for c in cells if c["attack"] == "transfer-pgd"]
+        res["budgets"][b["norm"]] = {"worst": w, "flags": sanity_flags(cfg, cells, [w]),
+                                     "transfer": transfer[0]["accuracy"] if transfer else None}
+        res["clean"] = next(c["clean_accuracy"] for c in cells if c["attack"].startswith("worst-"))
+        res["n_images"] = w["n_images"]
+    return res
+
+
+def build_page(out: Path, settings: dict[str, Any], rows: list[Row], pending: dict[str, str],
+               costs: dict[str, dict[str, float]], command: str) -> str:
+    """``leaderboard.md``: the table (best worst case first), pending rows, the reading; writes the plot."""
+    done = [r for r in (row_results(out, settings, row) for row in rows if row.id not in pending) if r is not None]
+    missing = [row for row in rows if row.id not in pending and row.id not in {r["row"].id for r in done}]
+    first = settings["budgets"][0]["norm"]
+    done.sort(key=lambda r: -r["budgets"][first]["worst"]["accuracy"])
+    budget_cols = [f"worst {b['norm']} {b['eps']} % [95 %] (by)" for b in settings["budgets"]]
+    w = settings["worst"]
+    lines = ["# Leaderboard: every defense under the strongest attack that applies", "",
+             f"- Command: `{command}`", f"- Machine: {machine()}", f"- Date: {dt.date.today().isoformat()}",
+             f"- Images: CIFAR-10 {settings.get('split', 'test')}, {settings.get('count_deterministic')} for "
+             f"deterministic defenses, {settings.get('count_randomized')} for randomized ones (seed "
+             f"{settings.get('seed', 0)})",
+             f"- Worst case: per image, over APGD-CE, APGD-DLR-targeted (top {w.get('n_target_classes')} classes) "
+             f"and Square ({w.get('queries')} queries); APGD {w.get('iters')} iterations × {w.get('restarts')} "
+             f"restart(s); EOT {w.get('eot_samples')} draws on randomized defenses; BPDA where a stage has no "
+             "gradient. These budgets are cut for 2 CPU cores (AutoAttack: 100 iterations, 9 target classes, "
+             "5,000 queries); the sanity column says whether twice the budget lowered the figure.",
+             "- Cost: the defense's own time per image (stages, and a head over the classifier's features), batch "
+             "64, median of 3; the classifier's own time is not included.", "",
+             "| defense | model | clean % | " + " | ".join(budget_cols) + " | transfer % | cost ms (1 / 2 threads) "
+             "| sanity |", "|---|---|---:|" + "---|" * len(budget_cols) + "---:|---|---|"]
+    for r in done:
+        row = r["row"]
+        cols = []
+        for b in settings["budgets"]:
+            x = r["budgets"][b["norm"]]["worst"]
+            cols.append(f"**{_pct(x['accuracy'])}** [{_pct(x['ci_low'])}, {_pct(x['ci_high'])}] ({x['strongest']})")
+        tr = r["budgets"][first]["transfer"]
+        flags = [f for b in settings["budgets"] for f in r["budgets"][b["norm"]]["flags"]]
+        bad = [f["check"] for f in flags if f["status"] == "FLAG"]
+        sanity = "ok" if not bad else "FLAG: " + "; ".join(bad)
+        c = costs.get(row.id, {})
+        cost = f"{c.get('1', float('nan')):.2f} / {c.get('2', float('nan')):.2f}" if c else "–"
+        lines.append(f"| {row.name} | {row.model} | {_pct(r['clean'])} | " + " | ".join(cols)
+                     + f" | {_pct(tr) if tr is not None else '–'} | {cost} | {sanity} |")
+    if pending or missing:
+        lines += ["", "Pending rows:", ""]
+        lines += [f"- {row.name}: {pending[row.id]}" for row in rows if row.id in pending]
+        lines += [f"- {row.name}: not run yet (`--rows {row.id}`)" for row in missing]
+    lines += ["", "## Reading", "", *_reading(done, settings), "",
+              "Each row's report (every cell, the flags' evidence): `benchmarks/results/leaderboard/<row>-<norm>/"
+              "report.md`; its config: `benchmarks/results/leaderboard/configs/`.", "", "![robust vs clean](leaderboard.png)", ""]
+    _plot(done, first, out.parent / "leaderboard.png")
+    return "\n".join(lines)
+
+
+def _reading(done: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """Does any stack beat the robust reference alone, and at what clean-accuracy and latency cost? From the numbers."""
+    first = settings["budgets"][0]["norm"]
+    ref = next((r for r in done if r["row"].id == "robust"), None)
+    if ref is None:
+        return ["The robust reference has no results yet, so the question this page answers (does any stack beat "
+                "it?) is open."]
+    rw = ref["budgets"][first]["worst"]
+    out = [f"The robust reference alone keeps {_pct(rw['accuracy'])} % [{_pct(rw['ci_low'])}, {_pct(rw['ci_high'])}] "
+           f"under the worst case at {first}, with {_pct(ref['clean'])} % clean accuracy."]
+    stacks = [r for r in done if r["row"].model == ref["row"].model and r["row"].id != "robust"
+              and (r["row"].stages or r["row"].head != "softmax")]
+    for s in stacks:
+        sw = s["budgets"][first]["worst"]
+        verdict = ("beats it" if sw["ci_low"] > rw["ci_high"] else "falls below it" if sw["ci_high"] < rw["ci_low"]
+                   else "is not distinguishable from it (the intervals overlap)")
+        out.append(f"- {s['row'].name}: {_pct(sw['accuracy'])} % [{_pct(sw['ci_low'])}, {_pct(sw['ci_high'])}], "
+                   f"{verdict}; clean {_pct(s['clean'])} % ({_pct(s['clean'] - ref['clean'])} points).")
+    return out
+
+
+def _plot(done: list[dict[str, Any]], norm: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in done:
+        w = r["budgets"][norm]["worst"]
+        ax.errorbar(100 * r["clean"], 100 * w["accuracy"], yerr=[[100 * (w["accuracy"] - w["ci_low"])],
+                    [100 * (w["ci_high"] - w["accuracy"])]], fmt="o", capsize=3)
+        ax.annotate(r["row"].id, (100 * r["clean"], 100 * w["accuracy"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    ax.set_xlabel("clean accuracy %")
+    ax.set_ylabel(f"worst-case robust accuracy % ({norm})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.harness import run
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m benchmarks leaderboard", description=__doc__.split("\n")[0])
+    p.add_argument("--spec", default=str(DEFAULT_SPEC), help="the rows and budgets (default: benchmarks/leaderboard.toml)")
+    p.add_argument("--rows", default=None, help="comma-separated row ids to run (default: all)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the page from the results; attack nothing")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="the rows' results folder; the page goes beside it")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    command = "python -m benchmarks leaderboard " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        settings, rows = load_leaderboard(Path(args.spec))
+        wanted = set(args.rows.split(",")) if args.rows else {r.id for r in rows}
+        unknown = wanted - {r.id for r in rows}
+        if unknown:
+            raise ConfigError(f"--rows: unknown row(s) {sorted(unknown)}; rows: {', '.join(r.id for r in rows)}")
+        out = Path(args.out)
+        (out / "configs").mkdir(parents=True, exist_ok=True)
+        costs_path = out / "costs.json"
+        costs = json.loads(costs_path.read_text()) if costs_path.is_file() else {}
+        pending = {}
+        for row in rows:
+            reason = _available(row, args.data_dir)
+            if reason:
+                pending[row.id] = reason
+                continue
+            for b in settings["budgets"]:
+                (out / "configs" / f"{row.id}-{b['norm']}.toml").write_text(to_toml(row_config(settings, row, b)))
+            if args.report_only or row.id not in wanted:
+                continue
+            for b in settings["budgets"]:
+                config = out / "configs" / f"{row.id}-{b['norm']}.toml"
+                run(config, data_dir=args.data_dir, out=out / f"{row.id}-{b['norm']}", cache_dir=args.cache_dir,
+                    progress=not args.no_progress, threads=args.threads,
+                    command=f"python -m benchmarks run {config} --data-dir {args.data_dir or '$PURIFY_DATA_DIR'}")
+            costs[row.id] = {str(t): measure_cost(row, threads=t, data_dir=args.data_dir) for t in (1, 2)}
+            costs_path.write_text(json.dumps(costs, indent=1) + "\n")
+        page = build_page(out, settings, rows, pending, costs, command)
+        (out.parent / "leaderboard.md").write_text(page)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out.parent / 'leaderboard.md'} and {out.parent / 'leaderboard.png'}")
+    return 0
+
