@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="cell cache; cells go to DIR/<config name>/ (default: ~/.cache/purify/cells, or cells/ "
                         "under $PURIFY_CACHE_DIR); finished cells are reused, so a killed run resumes")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the cells on Ray: 'local' (a Ray started here, loopback only), 'auto' (the cluster "
+                        "`ray start` made) or 'ray://HOST:10001'; same cache and results as a local run "
+                        "(see benchmarks.harness.distributed)")
+    r.add_argument("--ray-workers", type=int, default=2, help="worker actors for --ray (each takes --threads CPUs)")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv)
         result = run(args.config, quick=args.quick, data_dir=args.data_dir, out=args.out, device=args.device,
                      progress=not args.no_progress, command=command, threads=args.threads,
-                     overrides=args.overrides, cache_dir=args.cache_dir)
+                     overrides=args.overrides, cache_dir=args.cache_dir, ray=args.ray, ray_workers=args.ray_workers)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

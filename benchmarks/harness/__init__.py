@@ -48,7 +48,7 @@ def bundled_configs() -> list[tuple[str, str]]:
 def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None = None,
         out: str | Path | None = None, device: str | None = None, progress: bool = True,
         command: str | None = None, threads: int | None = None, overrides: Sequence[str] = (),
-        cache_dir: str | Path | None = None) -> RunResult:
+        cache_dir: str | Path | None = None, ray: str | None = None, ray_workers: int = 2) -> RunResult:
     """Run one config; outputs go to ``out`` (default ``benchmarks/results/<name>``), ``-quick`` appended for ``quick``.
 
     Finished cells are cached in ``<cache_dir>/<config name>/`` (default: ``cells/`` in purify's cache
@@ -57,6 +57,10 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
 
     ``overrides`` are ``--set`` options (``["defense.stages.0.params.q=5"]``), applied to the
     config's document before it is checked; see :mod:`benchmarks.harness.overrides`.
+
+    ``ray``: run the missing cells on Ray (``"local"``, ``"auto"`` or ``"ray://host:port"``) with
+    ``ray_workers`` worker actors of ``threads`` CPUs each; same cache, same rows
+    (:mod:`benchmarks.harness.distributed`).
 
     Every check (config, data directory, files, shapes, device) runs before the first attack.
     ``threads`` sets ``torch.set_num_threads`` (which the TV solver's numba kernel follows too) for
@@ -78,7 +82,12 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
     if quick:
         out_dir = out_dir.with_name(out_dir.name + "-quick")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_config(prepared, out_dir, progress=progress, cache_dir=cache_dir)
+    ray_args = None
+    if ray is not None:   # workers get the resolved data directory: it must exist at that path on every node
+        from purify.data import resolve_data_dir
+        ray_args = {"address": ray, "workers": ray_workers, "threads": threads or 1,
+                    "data_dir": str(resolve_data_dir(data_dir)), "device": device}
+    result = run_config(prepared, out_dir, progress=progress, cache_dir=cache_dir, ray=ray_args)
     files = ["cells.csv", "report.md", "accuracy_vs_eps.png"]
     write_csv(result.rows, out_dir / "cells.csv")
     plot_accuracy(result.rows, result.clean, out_dir / "accuracy_vs_eps.png")

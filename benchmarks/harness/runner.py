@@ -311,6 +311,24 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
                                                  else "defended_accuracy"]) for c in job}
 
 
+def _execute(p: Prepared, todo: list[tuple[list[Cell], bool]], clean: dict[str, Any], bar, ex,
+             ray: dict[str, Any] | None):
+    """Yield ``(job, rows)`` for every job of ``todo``: here, in order, or on Ray as workers finish."""
+    if ray is None:
+        for job, only in todo:
+            bar.set_postfix_str(", ".join(c.label for c in job)[:80])
+            yield job, _run_job(p, job, clean, bar, ex, examples_only=only)
+        return
+    from benchmarks.harness.distributed import ray_jobs
+
+    n_batches = -(-len(p.x) // p.cfg.batch_size)
+    for job, new in ray_jobs(p, [job for job, only in todo if not only], clean, **ray):
+        bar.update(n_batches)
+        yield job, new
+    if ex is not None and not ex[2].is_file():        # the example images are made here, one batch
+        _run_job(p, [ex[0]], clean, bar, ex, examples_only=True)
+
+
 def _save_examples(p: Prepared, example: tuple[Cell, int, Path], x, x_adv, y, b: int) -> None:
     """Clean, adversarial and purified images (uint8) of the first images of the example cell."""
     _, n, path = example
@@ -344,11 +362,14 @@ def example_cell(p: Prepared) -> Cell | None:
     return p.cells[0] if p.cells else None
 
 
-def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: str | Path | None = None) -> RunResult:
+def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: str | Path | None = None,
+               ray: dict[str, Any] | None = None) -> RunResult:
     """Compute every cell not in the cell cache and return all rows, in config order.
 
     The cache is ``cells_dir(config name, cache_dir)`` (:func:`~benchmarks.harness.cells.cells_dir`);
-    each cell is written there as soon as its job finishes, so a killed run resumes.
+    each cell is written there as soon as its job finishes, so a killed run resumes. ``ray``: the
+    keyword arguments of :func:`benchmarks.harness.distributed.ray_jobs` (address, workers,
+    threads, data_dir, device) to run the missing jobs on a Ray cluster instead of here.
     """
     t0 = time.perf_counter()
     cache = cells_dir(p.cfg.name, cache_dir)
@@ -377,9 +398,7 @@ def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: 
     n_batches = -(-len(p.x) // p.cfg.batch_size)
     total = sum(1 if only else n_batches for _, only in todo)
     with tqdm(total=total, desc=p.cfg.name, unit="batch", disable=not progress or total == 0) as bar:
-        for job, only in todo:
-            bar.set_postfix_str(", ".join(c.label for c in job)[:80])
-            new = _run_job(p, job, clean, bar, ex, examples_only=only)
+        for job, new in _execute(p, todo, clean, bar, ex, ray):
             for c in job:
                 if c.hash in new:
                     write_json(cache / c.filename, {"key": c.key, "label": c.label, "row": new[c.hash]})
