@@ -98,12 +98,23 @@ def render(rows: list[dict], *, command: str, device: torch.device, data_dir: Pa
     return "\n".join(lines)
 
 
+def _cifar10_model(name: str) -> bool:
+    """A registered CIFAR-10 classifier whose weights are there (a model still training has none yet)."""
+    from purify.errors import PurifyError
+
+    try:
+        return get_model_config(name).dataset == "cifar10"
+    except PurifyError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.model_accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz and weights/ "
                         "(default: $PURIFY_DATA_DIR, else ~/.cache/purify/data)")
-    parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    cifar = [m for m in list_models() if _cifar10_model(m)]          # the test set evaluated here
+    parser.add_argument("--models", nargs="+", default=cifar, choices=cifar)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)

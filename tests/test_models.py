@@ -40,7 +40,7 @@ def _checkpoint(data_dir, name):
 
 
 def test_list_models():
-    assert list_models() == ["resnet20", "resnet56", "small_cnn_cifar10"]
+    assert list_models() == ["lenet5_mnist_at", "resnet20", "resnet20_cifar10_at", "resnet56", "small_cnn_cifar10"]
 
 
 @pytest.mark.parametrize("name", RESNETS)
@@ -110,7 +110,7 @@ def test_normalized():
 
 
 def test_unknown_model():
-    with pytest.raises(UnknownNameError, match="'resnet20', 'resnet56'"):
+    with pytest.raises(UnknownNameError, match="'resnet20', 'resnet20_cifar10_at', 'resnet56'"):
         create_model("resnet18")
 
 

@@ -21,8 +21,8 @@ entry): ``worst-apgd-ce``, ``worst-apgd-t`` (targeted DLR) and ``worst-square``,
 twice the iterations, and twice the EOT samples on a randomized defense). The gradient attacks'
 threat models follow the defense (:func:`gradient_threat_models`): none without a defense;
 ``full`` through differentiable (or straight-through) deterministic stages, and ``bpda`` too where
-a stage only has a straight-through gradient; ``bpda+eot`` (and ``eot`` where exact gradients
-exist) for a randomized defense, AutoAttack's "rand" protocol. Square needs no gradients: it
+a stage only has a straight-through gradient; ``bpda+eot`` for a randomized defense, AutoAttack's "rand" protocol (``eot``, EOT over exact
+gradients, only when asked for: it holds every draw's graph at once). Square needs no gradients: it
 queries the defended model itself.
 
 Every cell records which images it left correct (the ``adv_correct`` column, a hex bitmask in
@@ -73,7 +73,7 @@ def gradient_threat_models(stages) -> tuple[str, ...]:
 
     Example:
         >>> gradient_threat_models(()), gradient_threat_models((("dct", {}),)), gradient_threat_models((("tvm", {}),))
-        (('none',), ('bpda', 'full'), ('bpda+eot', 'eot'))
+        (('none',), ('bpda', 'full'), ('bpda+eot',))
     """
     from purify.registry import get_purifier_spec
 
@@ -83,10 +83,18 @@ def gradient_threat_models(stages) -> tuple[str, ...]:
     exact = all(s.differentiable for s in specs)
     straight_through = all(s.differentiable or "ste" in s.params for s in specs)
     if any(s.randomized for s in specs):
-        return ("bpda+eot", "eot") if straight_through else ("bpda+eot",)
+        # Not "eot" by default: EOT over exact gradients keeps every draw's graph of an iterative
+        # stage (TVM's unrolled solve) at once; at EOT 10 and batch 100 it used over 20 GB and was
+        # killed. Ask for it with threat_models = ["bpda+eot", "eot"] where memory allows (a GPU).
+        return ("bpda+eot",)
     if exact:
         return ("full",)
     return ("bpda", "full") if straight_through else ("bpda",)
+
+
+def _straight_through(stages) -> bool:
+    from purify.registry import get_purifier_spec
+    return all(get_purifier_spec(n).differentiable or "ste" in get_purifier_spec(n).params for n, _ in stages)
 
 
 def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> WorstConfig | None:
@@ -101,9 +109,10 @@ def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> W
     eps = tuple(ctx.number(e, "worst.eps") for e in ctx.as_list(t["eps"], "worst.eps"))
     if not eps:
         raise ctx.error("worst.eps", "expected at least one budget, e.g. eps = [\"8/255\"]")
-    allowed = gradient_threat_models(stages)
+    default = gradient_threat_models(stages)
+    allowed = default + (("eot",) if default == ("bpda+eot",) and _straight_through(stages) else ())
     tms = tuple(ctx.string(x, "worst.threat_models", THREAT_MODELS)
-                for x in ctx.as_list(t.get("threat_models", list(allowed)), "worst.threat_models"))
+                for x in ctx.as_list(t.get("threat_models", list(default)), "worst.threat_models"))
     wrong = [x for x in tms if x not in allowed]
     if wrong or not tms:
         raise ctx.error("worst.threat_models", f"this defense is attacked under {', '.join(allowed)}; got "

@@ -28,6 +28,7 @@ from purify.models.loading import load_checkpoint, resolve_weights, upstream_fil
 from purify.models.normalize import Normalized
 from purify.models.resnet_cifar import CifarResNet
 from purify.models.small_cnn import PackagedConfig, load_packaged, packaged_config
+from purify.models.trained import TrainedConfig, load_trained, trained_config
 
 __all__ = ["ModelConfig", "UserModel", "create_model", "list_models", "get_model_config", "register_model",
            "unregister_model"]
@@ -95,6 +96,9 @@ _REGISTRY: dict[str, ModelConfig] = {
 # Models whose weights ship inside the package (purify/weights, made by purify.training): the
 # safetensors file is sha256-checked against its json config on load.
 _PACKAGED = ("small_cnn_cifar10",)
+# Robust references made by python -m purify.training.adversarial (format "purify.trained_classifier"):
+# LeNet-5 PGD-trained on MNIST at eps 0.3, ResNet-20 FGSM-RS-trained on CIFAR-10 at eps 8/255.
+_TRAINED = ("lenet5_mnist_at", "resnet20_cifar10_at")
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,7 @@ def register_model(name: str, factory: Callable[[], nn.Module], *, classes: Sequ
         if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
             raise DTypeError(f"{fn}: expected classes to be a sequence of class-name strings, got {classes!r}")
         classes = tuple(classes)
-    if name in _REGISTRY or name in _PACKAGED:
+    if name in _REGISTRY or name in _PACKAGED or name in _TRAINED:
         raise ValueError(f"{fn}: {name!r} is a built-in model; register yours under another name")
     if name in _USER and not overwrite:
         raise ValueError(f"{fn}: {name!r} is already registered; pass overwrite=True to replace it")
@@ -200,14 +204,15 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['resnet20', 'resnet56', 'small_cnn_cifar10']
+        ['lenet5_mnist_at', 'resnet20', 'resnet20_cifar10_at', 'resnet56', 'small_cnn_cifar10']
     """
-    return sorted((*_REGISTRY, *_PACKAGED, *_USER))
+    return sorted((*_REGISTRY, *_PACKAGED, *_TRAINED, *_USER))
 
 
-def get_model_config(name: str) -> ModelConfig | PackagedConfig | UserModel:
+def get_model_config(name: str) -> ModelConfig | PackagedConfig | TrainedConfig | UserModel:
     """The :class:`ModelConfig` registered under ``name`` (:class:`PackagedConfig` for shipped models,
-    :class:`UserModel` for :func:`register_model` ones).
+    :class:`~purify.models.trained.TrainedConfig` for the robust references, :class:`UserModel` for
+    :func:`register_model` ones).
 
     Raises:
         UnknownNameError: the message lists the registered names.
@@ -219,6 +224,8 @@ def get_model_config(name: str) -> ModelConfig | PackagedConfig | UserModel:
     check_choice("get_model_config", name, name="model name", choices=list_models())
     if name in _USER:
         return _USER[name]
+    if name in _TRAINED:
+        return trained_config(name)
     return packaged_config(name) if name in _PACKAGED else _REGISTRY[name]
 
 
@@ -243,7 +250,8 @@ def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.
         map_location: ``torch.load``'s ``map_location``; the model itself is built on the CPU.
 
     Shape:
-        x: (B, 3, 32, 32) floating in [0, 1]; output: logits (B, 10); ``features``: (B, 64) for the
+        x: (B, 3, 32, 32) floating in [0, 1] ((B, 1, 28, 28) for ``lenet5_mnist_at``); output: logits
+        (B, 10); ``features``: (B, 84) for ``lenet5_mnist_at``, (B, 64) for the
         ResNets, (B, 128) for ``small_cnn_cifar10``.
 
     Raises:
@@ -267,6 +275,10 @@ def create_model(name: str, *, pretrained: bool = False, weights_path: str | os.
         if weights_path is not None:
             raise DTypeError(f"{fn}: {name!r} loads its weights from the package; weights_path is for the ResNets")
         return load_packaged(name, pretrained=pretrained)
+    if name in _TRAINED:
+        if weights_path is not None:
+            raise DTypeError(f"{fn}: {name!r} loads its weights from the package; weights_path is for the ResNets")
+        return load_trained(name, pretrained=pretrained)
     cfg = get_model_config(name)
     net = CifarResNet(cfg.depth, num_classes=cfg.num_classes)
     if pretrained or weights_path is not None:

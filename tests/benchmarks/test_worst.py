@@ -32,8 +32,8 @@ def test_wilson_matches_hand_computed_values():
 
 
 @pytest.mark.parametrize("stages, expected", [
-    ((), ("none",)), ((("dct", {}),), ("bpda", "full")), ((("tvm", {}),), ("bpda+eot", "eot")),
-    ((("tvm", {}), ("gcln", {})), ("bpda+eot", "eot")),
+    ((), ("none",)), ((("dct", {}),), ("bpda", "full")), ((("tvm", {}),), ("bpda+eot",)),
+    ((("tvm", {}), ("gcln", {})), ("bpda+eot",)),
 ])
 def test_threat_models_follow_the_defense(stages, expected):
     assert gradient_threat_models(stages) == expected
@@ -43,7 +43,9 @@ def test_worst_table_expands_into_entries():
     cfg = _cfg(defense={"stages": [{"name": "tvm"}]}, worst={"eps": ["8/255"], "iters": 7, "queries": 30})
     by_id = {a.id: a for a in cfg.attacks}
     assert set(by_id) == {"worst-apgd-ce", "worst-apgd-t", "worst-square", "sanity-large-eps", "sanity-more"}
-    assert by_id["worst-apgd-ce"].threat_models == ("bpda+eot", "eot") and by_id["worst-apgd-ce"].params["iters"] == 7
+    assert by_id["worst-apgd-ce"].threat_models == ("bpda+eot",) and by_id["worst-apgd-ce"].params["iters"] == 7
+    assert _cfg(defense={"stages": [{"name": "tvm"}]}, worst={"eps": ["8/255"], "threat_models": ["bpda+eot", "eot"]}
+                ).attacks[0].threat_models == ("bpda+eot", "eot")     # exact-gradient EOT when asked for
     assert by_id["worst-apgd-t"].params["loss"] == "dlr-targeted"
     assert by_id["worst-square"].threat_models == ("bpda",) and by_id["worst-square"].params["queries"] == 30
     assert by_id["sanity-large-eps"].eps[0].value == pytest.approx(64 / 255)

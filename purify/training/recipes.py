@@ -1,0 +1,236 @@
+"""Training recipes as losses: ``recipe(model, x, y, *, generator) -> (loss, stats)``.
+
+A recipe is everything that distinguishes one way of training a classifier from another *inside
+one step*: which inputs the network sees and which loss it minimizes. The loop around it (data
+order, augmentation, optimizer, schedule, validation, checkpoints) is
+:func:`purify.training.trainer.fit`, the same for every recipe. Later recipes (Gaussian
+augmentation, Deep Defense, VAT, TVM augmentation) are further classes of this file's shape.
+
+* :class:`Standard` — cross-entropy on the (augmented) clean batch;
+* :class:`PGDAT` — Madry et al. (2018): cross-entropy on PGD-k examples from a uniform random start
+  in the L∞ ball of radius ``eps``, step ``step``;
+* :class:`FGSMRS` — Wong, Rice & Kolter (2020), "Fast is better than free": one FGSM step of size
+  ``alpha`` (default ``1.25·eps``) from a uniform random start in ``[-eps, eps]``, projected back
+  onto the ball and clipped to [0, 1]. The paper pairs it with a cyclic learning rate, which is
+  the trainer's ``schedule="cyclic"``.
+
+The adversarial examples are made by the library's own :func:`purify.attacks.pgd` (FGSM-RS is its
+one-step case with ``random_start=True``), not a copy: its input checks cost one pass over the
+batch (a min/max and a label check), which is noise next to the forward and backward passes of
+the network, and it only takes the gradient with respect to the input, so the parameters' ``.grad``
+stays the trainer's. As in both papers' code, the attack runs with the model in training mode
+(batch-norm uses the batch's statistics).
+
+``stats`` are plain floats for the learning curve: ``loss`` and ``acc`` (accuracy in percent on
+the inputs the network was trained on, i.e. the adversarial ones for the adversarial recipes:
+Wong et al.'s symptom of catastrophic overfitting is this FGSM training accuracy jumping up).
+
+Example:
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    >>> x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    >>> loss, stats = FGSMRS(eps=8 / 255)(net, x, y, generator=torch.Generator().manual_seed(0))
+    >>> loss.requires_grad, sorted(stats)
+    (True, ['acc', 'loss'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from purify._checks import check_choice, check_float, check_int
+from purify.attacks import pgd
+from purify.errors import RangeError
+
+__all__ = ["Recipe", "Standard", "PGDAT", "FGSMRS", "RECIPES", "make_recipe", "parse_fraction"]
+
+
+class Recipe(Protocol):
+    """What :func:`purify.training.trainer.fit` calls once per step.
+
+    ``name``: registry name; ``adversarial``: whether the model is selected on PGD validation
+    accuracy; ``config()``: the hyper-parameters for the artifact's json.
+    """
+
+    name: str
+    adversarial: bool
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def _loss_and_stats(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    acc = 100.0 * float((logits.detach().argmax(1) == y).float().mean()) if len(y) else 0.0
+    return loss, {"loss": float(loss.detach()), "acc": acc}
+
+
+@dataclass(frozen=True)
+class Standard:
+    """Plain cross-entropy on the clean batch.
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; y: (B,) int64; loss: scalar.
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> loss, stats = Standard()(net, torch.rand(2, 3, 2, 2), torch.tensor([0, 2]), generator=None)
+        >>> loss.shape, 0.0 <= stats["acc"] <= 100.0
+        (torch.Size([]), True)
+    """
+
+    name = "standard"
+    adversarial = False
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        """The training input: ``x`` itself."""
+        return x
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        return _loss_and_stats(model, x, y)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class PGDAT:
+    """Madry et al.'s adversarial training: cross-entropy on PGD-``iters`` examples (random start).
+
+    Args:
+        eps: L∞ radius (in [0, 1] pixel units).
+        step: step size of each PGD iteration (Madry et al.: 2/255 for eps 8/255 on CIFAR-10,
+            0.01 for eps 0.3 on MNIST).
+        iters: PGD iterations (Madry et al.: 7 on CIFAR-10, 40 on MNIST).
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; y: (B,) int64; loss: scalar.
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> x = torch.rand(2, 3, 2, 2)
+        >>> adv = PGDAT(eps=0.1, step=0.05, iters=3).perturb(net, x, torch.tensor([0, 2]), generator=None)
+        >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
+        True
+    """
+
+    eps: float
+    step: float
+    iters: int = 7
+    name = "pgd_at"
+    adversarial = True
+
+    def __post_init__(self) -> None:
+        check_float("PGDAT", self.eps, name="eps", low=0.0, high=1.0)
+        check_float("PGDAT", self.step, name="step", low=0.0)
+        check_int("PGDAT", self.iters, name="iters", low=1)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        """The PGD example the network trains on (detached, within ``eps`` of ``x``, in [0, 1])."""
+        return pgd(model, x, y, eps=self.eps, step=self.step, iters=self.iters, random_start=True,
+                   generator=generator)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        return _loss_and_stats(model, self.perturb(model, x, y, generator=generator), y)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class FGSMRS:
+    """Wong et al.'s fast adversarial training: FGSM with step ``alpha`` from a uniform random start.
+
+    ``delta ~ U[-eps, eps]`` (clipped so ``x + delta`` is an image), one step
+    ``delta += alpha·sign(∇)``, then ``delta`` projected onto ``[-eps, eps]`` and ``x + delta``
+    clipped to [0, 1]. The paper's CIFAR-10 setting is ``alpha = 1.25·eps`` (the default here);
+    larger steps make catastrophic overfitting likelier.
+
+    Args:
+        eps: L∞ radius. alpha: the FGSM step (None: ``1.25 * eps``).
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; y: (B,) int64; loss: scalar.
+    Example:
+        >>> FGSMRS(eps=8 / 255).alpha == 1.25 * 8 / 255
+        True
+    """
+
+    eps: float
+    alpha: float | None = None
+    name = "fgsm_rs"
+    adversarial = True
+
+    def __post_init__(self) -> None:
+        check_float("FGSMRS", self.eps, name="eps", low=0.0, high=1.0)
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 1.25 * self.eps)     # frozen dataclass: set the default once
+        check_float("FGSMRS", self.alpha, name="alpha", low=0.0)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None) -> Tensor:
+        """The FGSM-RS example the network trains on (detached, within ``eps`` of ``x``, in [0, 1])."""
+        return pgd(model, x, y, eps=self.eps, step=self.alpha, iters=1, random_start=True, generator=generator)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        return _loss_and_stats(model, self.perturb(model, x, y, generator=generator), y)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+#: Recipe name -> builder taking ``eps`` and the recipe's own keywords (see :func:`make_recipe`).
+RECIPES: dict[str, Callable[..., Recipe]] = {
+    "standard": lambda eps=0.0, **kw: Standard(),
+    "pgd_at": lambda eps, step=None, iters=7, **kw: PGDAT(eps=eps, step=eps / 4 if step is None else step,
+                                                         iters=iters),
+    "fgsm_rs": lambda eps, alpha=None, **kw: FGSMRS(eps=eps, alpha=alpha),
+}
+
+
+def make_recipe(name: str, *, eps: float = 0.0, step: float | None = None, iters: int = 7,
+                alpha: float | None = None) -> Recipe:
+    """The recipe called ``name`` (one of :data:`RECIPES`); the keywords a recipe does not use are ignored.
+
+    ``pgd_at``'s ``step`` defaults to ``eps / 4``; ``fgsm_rs``'s ``alpha`` to ``1.25 * eps``.
+
+    Raises:
+        UnknownNameError (the message lists the recipes), RangeError (``eps <= 0`` for an adversarial recipe).
+    Example:
+        >>> make_recipe("pgd_at", eps=8 / 255, iters=7).step == 2 / 255
+        True
+    """
+    check_choice("make_recipe", name, name="recipe", choices=tuple(RECIPES))
+    if name != "standard" and not eps > 0:
+        raise RangeError(f"make_recipe: expected eps > 0 for the adversarial recipe {name!r}, got {eps}; "
+                         "pass e.g. --eps 8/255")
+    return RECIPES[name](eps=eps, step=step, iters=iters, alpha=alpha)
+
+
+def parse_fraction(text: str) -> float:
+    """A float from ``"0.3"``, ``"8/255"`` or ``"8 / 255"`` (command-line budgets).
+
+    Raises:
+        ValueError (not a number or a fraction of two numbers, or a zero denominator).
+    Example:
+        >>> parse_fraction("8/255") == 8 / 255, parse_fraction("0.3")
+        (True, 0.3)
+    """
+    parts = str(text).split("/")
+    try:
+        if len(parts) == 1:
+            return float(parts[0])
+        if len(parts) == 2:
+            num, den = float(parts[0]), float(parts[1])
+            if den != 0:
+                return num / den
+    except ValueError:
+        pass
+    raise ValueError(f"expected a number or a fraction like 8/255, got {text!r}")
