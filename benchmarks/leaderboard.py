@@ -142,13 +142,15 @@ def to_toml(doc: dict[str, Any]) -> str:
 
 def _available(row: Row, data_dir: str | None) -> str | None:
     """None when the row's model loads, else why not (the row is then pending)."""
-    from purify.errors import PurifyError
+    from purify.errors import DataNotFoundError, PurifyError
     from purify.models import create_model, list_models
 
     if row.model not in list_models():
         return f"model {row.model!r} is not registered yet"
     try:
         create_model(row.model, pretrained=True, data_dir=data_dir)
+    except DataNotFoundError:
+        return f"model {row.model!r} has no weights yet (a reference still training makes them)"
     except (PurifyError, OSError) as e:
         return f"model {row.model!r} cannot be loaded: {e}"
     return None
@@ -263,7 +265,7 @@ def build_page(out: Path, settings: dict[str, Any], rows: list[Row], pending: di
     if pending or missing:
         lines += ["", "Pending rows:", ""]
         lines += [f"- {row.name}: {pending[row.id]}" for row in rows if row.id in pending]
-        lines += [f"- {row.name}: not run yet (`--rows {row.id}`)" for row in missing]
+        lines += [f"- {row.name}: not run (or not finished) yet (`--rows {row.id}`)" for row in missing]
     lines += ["", "## Reading", "", *_reading(done, settings), "",
               "Each row's report (every cell, the flags' evidence): `benchmarks/results/leaderboard/<row>-<norm>/"
               "report.md`; its config: `benchmarks/results/leaderboard/configs/`.", "", "![robust vs clean](leaderboard.png)", ""]
@@ -349,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for b in settings["budgets"]:
                 config = out / "configs" / f"{row.id}-{b['norm']}.toml"
+                shown = config.resolve().relative_to(Path.cwd()) if config.resolve().is_relative_to(Path.cwd()) else config
                 run(config, data_dir=args.data_dir, out=out / f"{row.id}-{b['norm']}", cache_dir=args.cache_dir,
                     progress=not args.no_progress, threads=args.threads,
-                    command=f"python -m benchmarks run {config} --data-dir {args.data_dir or '$PURIFY_DATA_DIR'}")
+                    command=f"python -m benchmarks run {shown} --data-dir {args.data_dir or '$PURIFY_DATA_DIR'}")
             costs[row.id] = {str(t): measure_cost(row, threads=t, data_dir=args.data_dir) for t in (1, 2)}
             costs_path.write_text(json.dumps(costs, indent=1) + "\n")
         page = build_page(out, settings, rows, pending, costs, command)
