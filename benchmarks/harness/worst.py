@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.convergence import wilson   # the project's 95 % Wilson interval
 from benchmarks.harness.schema import (DEFAULT_EOT_SAMPLES, UNDEFENDED_EVAL, AttackEntry, Ctx, Eps)
 
 __all__ = ["WorstConfig", "parse_worst", "worst_entries", "gradient_threat_models", "worst_rows", "sanity_flags",
@@ -190,21 +191,6 @@ def encode_bits(correct) -> str:
 def decode_bits(text: str, n: int) -> list[bool]:
     bits = "".join(f"{int(ch, 16):04b}" for ch in text)
     return [b == "1" for b in bits[:n]]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n (sensible at 0 and n, unlike the normal one).
-
-    Example:
-        >>> [round(v, 3) for v in wilson(0, 100)]
-        [0.0, 0.037]
-    """
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _label(r: dict[str, Any]) -> str:
