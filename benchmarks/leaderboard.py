@@ -8,7 +8,9 @@ The rows and the budgets are in ``benchmarks/leaderboard.toml``. Each row (a mod
 its head) and each budget (L∞ 8/255, L2 0.5) becomes one ordinary harness config with a
 ``[worst]`` table (:mod:`benchmarks.harness.worst`) and a PGD ``transfer`` entry, written to
 ``<out>/configs/<row>-<norm>.toml`` so any cell can be re-run by hand, and run into
-``<out>/<row>-<norm>/`` with the harness's cell cache (an interrupted run resumes). The page,
+``<out>/<row>-<norm>/``. Finished cells are cached in ``<out>/cells/`` and committed with the
+results (a few kB each), so a row that takes longer than one session resumes on the next machine
+where the last one stopped. The page,
 ``benchmarks/results/leaderboard.md`` with the scatter plot ``leaderboard.png``, is built from the
 rows' ``cells.csv`` (which carry each cell's per-image results), so ``--report-only`` rebuilds it
 without attacking anything. A row whose model cannot be loaded (a reference still training) is
@@ -44,7 +46,7 @@ __all__ = ["Row", "load_leaderboard", "row_config", "measure_cost", "build_page"
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "leaderboard.toml"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "leaderboard"
-_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params"}
+_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params", "dataset", "budgets", "reference"}
 _SETTING_KEYS = {"dataset", "split", "seed", "count_deterministic", "count_randomized", "batch_size", "budgets",
                  "worst", "transfer"}
 
@@ -57,6 +59,11 @@ class Row:
     stages: tuple[dict[str, Any], ...] = ()
     head: str = "softmax"
     head_params: dict[str, Any] = field(default_factory=dict)
+    #: The row's dataset and budgets (settings' when the row does not name its own, e.g. MNIST at L∞ 0.3).
+    dataset: str = "cifar10"
+    budgets: tuple[dict[str, Any], ...] = ()
+    #: The robust reference of its dataset: the row every stack on the same model is compared with.
+    reference: bool = False
 
     @property
     def randomized(self) -> bool:
@@ -73,9 +80,7 @@ def load_leaderboard(path: Path) -> tuple[dict[str, Any], list[Row]]:
     s = doc.get("settings")
     if not isinstance(s, dict) or set(s) - _SETTING_KEYS or not {"budgets", "worst"} <= set(s):
         raise ConfigError(f"{path}: settings: expected a table with budgets and worst (keys: {sorted(_SETTING_KEYS)})")
-    for b in s["budgets"]:
-        if not isinstance(b, dict) or set(b) != {"norm", "eps"}:
-            raise ConfigError(f"{path}: settings.budgets: expected {{ norm = ..., eps = ... }} entries, got {b!r}")
+    _check_budgets(path, "settings.budgets", s["budgets"])
     unknown = sorted(set(s["worst"]) - (WORST_KEYS - {"norm", "eps"}))
     if unknown:
         raise ConfigError(f"{path}: settings.worst.{unknown[0]}: unknown key")
@@ -86,11 +91,25 @@ def load_leaderboard(path: Path) -> tuple[dict[str, Any], list[Row]]:
         if r["id"] in seen:
             raise ConfigError(f"{path}: rows[{i}].id: {r['id']!r} is used twice")
         seen.add(r["id"])
+        budgets = r.get("budgets", s["budgets"])
+        _check_budgets(path, f"rows[{i}].budgets", budgets)
         rows.append(Row(r["id"], r["name"], r["model"], tuple(r.get("stages", ())), r.get("head", "softmax"),
-                        dict(r.get("head_params", {}))))
+                        dict(r.get("head_params", {})), str(r.get("dataset", s.get("dataset", "cifar10"))),
+                        tuple(budgets), bool(r.get("reference", False))))
     if not rows:
         raise ConfigError(f"{path}: rows: expected at least one [[rows]] entry")
+    for ds in {r.dataset for r in rows}:
+        if sum(r.reference for r in rows if r.dataset == ds) > 1:
+            raise ConfigError(f"{path}: rows: more than one reference = true row on {ds}")
     return s, rows
+
+
+def _check_budgets(path: Path, where: str, budgets: Any) -> None:
+    if not isinstance(budgets, list) or not budgets:
+        raise ConfigError(f"{path}: {where}: expected a list of {{ norm = ..., eps = ... }} entries")
+    for b in budgets:
+        if not isinstance(b, dict) or set(b) != {"norm", "eps"}:
+            raise ConfigError(f"{path}: {where}: expected {{ norm = ..., eps = ... }} entries, got {b!r}")
 
 
 def row_config(settings: dict[str, Any], row: Row, budget: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +120,7 @@ def row_config(settings: dict[str, Any], row: Row, budget: dict[str, Any]) -> di
         "name": f"leaderboard-{row.id}-{norm}",
         "description": f"leaderboard: {row.name}, {norm} {eps}",
         "batch_size": settings.get("batch_size", 100), "seed": settings.get("seed", 0),
-        "data": {"dataset": settings.get("dataset", "cifar10"), "split": settings.get("split", "test"),
+        "data": {"dataset": row.dataset, "split": settings.get("split", "test"),
                  "count": count, "seed": settings.get("seed", 0)},
         "model": {"name": row.model, "pretrained": True},
         "worst": {"norm": norm, "eps": [eps], **settings["worst"]},
@@ -168,7 +187,7 @@ def measure_cost(row: Row, *, threads: int, data_dir: str | None, batch: int = 6
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x, _ = load_dataset("cifar10", "test", data_dir=data_dir).tensors(slice(0, batch))
+        x, _ = load_dataset(row.dataset, "test", data_dir=data_dir).tensors(slice(0, batch))
         pipeline = Pipeline.from_spec([(s["name"], dict(s.get("params", {}))) for s in row.stages]) if row.stages else None
         head = features = None
         if row.head == "wnll":
@@ -210,7 +229,7 @@ def _pct(v: float) -> str:
 def row_results(out: Path, settings: dict[str, Any], row: Row) -> dict[str, Any] | None:
     """What the page shows for one row, from its results folders; None when a budget has no results yet."""
     res: dict[str, Any] = {"row": row, "budgets": {}}
-    for b in settings["budgets"]:
+    for b in row.budgets:
         folder = out / f"{row.id}-{b['norm']}"
         if not (folder / "cells.csv").is_file():
             return None
@@ -225,18 +244,19 @@ def row_results(out: Path, settings: dict[str, Any], row: Row) -> dict[str, Any]
     return res
 
 
+_DATASET_TITLES = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+
+
 def build_page(out: Path, settings: dict[str, Any], rows: list[Row], pending: dict[str, str],
                costs: dict[str, dict[str, float]], command: str) -> str:
-    """``leaderboard.md``: the table (best worst case first), pending rows, the reading; writes the plot."""
+    """``leaderboard.md``: one table per dataset (best worst case first), pending rows, the reading; writes the plot."""
     done = [r for r in (row_results(out, settings, row) for row in rows if row.id not in pending) if r is not None]
     missing = [row for row in rows if row.id not in pending and row.id not in {r["row"].id for r in done}]
-    first = settings["budgets"][0]["norm"]
-    done.sort(key=lambda r: -r["budgets"][first]["worst"]["accuracy"])
-    budget_cols = [f"worst {b['norm']} {b['eps']} % [95 %] (by)" for b in settings["budgets"]]
+    datasets = list(dict.fromkeys(row.dataset for row in rows))
     w = settings["worst"]
     lines = ["# Leaderboard: every defense under the strongest attack that applies", "",
              f"- Command: `{command}`", f"- Machine: {machine()}", f"- Date: {dt.date.today().isoformat()}",
-             f"- Images: CIFAR-10 {settings.get('split', 'test')}, {settings.get('count_deterministic')} for "
+             f"- Images: the {settings.get('split', 'test')} split, {settings.get('count_deterministic')} for "
              f"deterministic defenses, {settings.get('count_randomized')} for randomized ones (seed "
              f"{settings.get('seed', 0)})",
              f"- Worst case: per image, over APGD-CE, APGD-DLR-targeted (top {w.get('n_target_classes')} classes) "
@@ -245,70 +265,95 @@ def build_page(out: Path, settings: dict[str, Any], rows: list[Row], pending: di
              "gradient. These budgets are cut for 2 CPU cores (AutoAttack: 100 iterations, 9 target classes, "
              "5,000 queries); the sanity column says whether twice the budget lowered the figure.",
              "- Cost: the defense's own time per image (stages, and a head over the classifier's features), batch "
-             "64, median of 3; the classifier's own time is not included.", "",
-             "| defense | model | clean % | " + " | ".join(budget_cols) + " | transfer % | cost ms (1 / 2 threads) "
-             "| sanity |", "|---|---|---:|" + "---|" * len(budget_cols) + "---:|---|---|"]
-    for r in done:
-        row = r["row"]
-        cols = []
-        for b in settings["budgets"]:
-            x = r["budgets"][b["norm"]]["worst"]
-            cols.append(f"**{_pct(x['accuracy'])}** [{_pct(x['ci_low'])}, {_pct(x['ci_high'])}] ({x['strongest']})")
-        tr = r["budgets"][first]["transfer"]
-        flags = [f for b in settings["budgets"] for f in r["budgets"][b["norm"]]["flags"]]
-        bad = [f["check"] for f in flags if f["status"] == "FLAG"]
-        sanity = "ok" if not bad else "FLAG: " + "; ".join(bad)
-        c = costs.get(row.id, {})
-        cost = f"{c.get('1', float('nan')):.2f} / {c.get('2', float('nan')):.2f}" if c else "–"
-        lines.append(f"| {row.name} | {row.model} | {_pct(r['clean'])} | " + " | ".join(cols)
-                     + f" | {_pct(tr) if tr is not None else '–'} | {cost} | {sanity} |")
+             "64, median of 3; the classifier's own time is not included."]
+    for ds in datasets:
+        ds_done = [r for r in done if r["row"].dataset == ds]
+        if not ds_done:
+            continue
+        budgets = ds_done[0]["row"].budgets
+        first = budgets[0]["norm"]
+        ds_done.sort(key=lambda r: -r["budgets"][first]["worst"]["accuracy"])
+        budget_cols = [f"worst {b['norm']} {b['eps']} % [95 %] (by)" for b in budgets]
+        lines += ["", f"## {_DATASET_TITLES.get(ds, ds)}", "",
+                  "| defense | model | clean % | " + " | ".join(budget_cols) + " | transfer % | cost ms (1 / 2 threads) "
+                  "| sanity |", "|---|---|---:|" + "---|" * len(budget_cols) + "---:|---|---|"]
+        for r in ds_done:
+            lines.append(_table_row(r, costs))
     if pending or missing:
         lines += ["", "Pending rows:", ""]
         lines += [f"- {row.name}: {pending[row.id]}" for row in rows if row.id in pending]
         lines += [f"- {row.name}: not run (or not finished) yet (`--rows {row.id}`)" for row in missing]
-    lines += ["", "## Reading", "", *_reading(done, settings), "",
-              "Each row's report (every cell, the flags' evidence): `benchmarks/results/leaderboard/<row>-<norm>/"
+    lines += ["", "## Reading", ""]
+    for ds in datasets:
+        lines += [f"{_DATASET_TITLES.get(ds, ds)}:", "", *_reading([r for r in done if r["row"].dataset == ds], costs), ""]
+    lines += ["Each row's report (every cell, the flags' evidence): `benchmarks/results/leaderboard/<row>-<norm>/"
               "report.md`; its config: `benchmarks/results/leaderboard/configs/`.", "", "![robust vs clean](leaderboard.png)", ""]
-    _plot(done, first, out.parent / "leaderboard.png")
+    _plot(done, datasets, out.parent / "leaderboard.png")
     return "\n".join(lines)
 
 
-def _reading(done: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+def _table_row(r: dict[str, Any], costs: dict[str, dict[str, float]]) -> str:
+    row = r["row"]
+    cols = []
+    for b in row.budgets:
+        x = r["budgets"][b["norm"]]["worst"]
+        cols.append(f"**{_pct(x['accuracy'])}** [{_pct(x['ci_low'])}, {_pct(x['ci_high'])}] ({x['strongest']})")
+    tr = r["budgets"][row.budgets[0]["norm"]]["transfer"]
+    flags = [f for b in row.budgets for f in r["budgets"][b["norm"]]["flags"]]
+    bad = [f["check"] for f in flags if f["status"] == "FLAG"]
+    sanity = "ok" if not bad else "FLAG: " + "; ".join(bad)
+    c = costs.get(row.id, {})
+    cost = f"{c.get('1', float('nan')):.2f} / {c.get('2', float('nan')):.2f}" if c else "–"
+    return (f"| {row.name} | {row.model} | {_pct(r['clean'])} | " + " | ".join(cols)
+            + f" | {_pct(tr) if tr is not None else '–'} | {cost} | {sanity} |")
+
+
+def _reading(done: list[dict[str, Any]], costs: dict[str, dict[str, float]]) -> list[str]:
     """Does any stack beat the robust reference alone, and at what clean-accuracy and latency cost? From the numbers."""
-    first = settings["budgets"][0]["norm"]
-    ref = next((r for r in done if r["row"].id == "robust"), None)
+    ref = next((r for r in done if r["row"].reference), None)
     if ref is None:
         return ["The robust reference has no results yet, so the question this page answers (does any stack beat "
                 "it?) is open."]
+    first = ref["row"].budgets[0]["norm"]
     rw = ref["budgets"][first]["worst"]
     out = [f"The robust reference alone keeps {_pct(rw['accuracy'])} % [{_pct(rw['ci_low'])}, {_pct(rw['ci_high'])}] "
            f"under the worst case at {first}, with {_pct(ref['clean'])} % clean accuracy."]
-    stacks = [r for r in done if r["row"].model == ref["row"].model and r["row"].id != "robust"
+    stacks = [r for r in done if r["row"].model == ref["row"].model and not r["row"].reference
               and (r["row"].stages or r["row"].head != "softmax")]
     for s in stacks:
         sw = s["budgets"][first]["worst"]
         verdict = ("beats it" if sw["ci_low"] > rw["ci_high"] else "falls below it" if sw["ci_high"] < rw["ci_low"]
                    else "is not distinguishable from it (the intervals overlap)")
+        c = costs.get(s["row"].id, {})
+        latency = f", {c['1']:.2f} ms per image on one thread" if "1" in c else ""
         out.append(f"- {s['row'].name}: {_pct(sw['accuracy'])} % [{_pct(sw['ci_low'])}, {_pct(sw['ci_high'])}], "
-                   f"{verdict}; clean {_pct(s['clean'])} % ({_pct(s['clean'] - ref['clean'])} points).")
+                   f"{verdict}; clean {_pct(s['clean'])} % ({_pct(s['clean'] - ref['clean'])} points){latency}.")
+    if not stacks:
+        out.append("No stack in front of it has results yet.")
     return out
 
 
-def _plot(done: list[dict[str, Any]], norm: str, path: Path) -> None:
+def _plot(done: list[dict[str, Any]], datasets: list[str], path: Path) -> None:
+    """One panel per dataset: worst case at its first budget against clean accuracy, with 95 % intervals."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in done:
-        w = r["budgets"][norm]["worst"]
-        ax.errorbar(100 * r["clean"], 100 * w["accuracy"], yerr=[[100 * (w["accuracy"] - w["ci_low"])],
-                    [100 * (w["ci_high"] - w["accuracy"])]], fmt="o", capsize=3)
-        ax.annotate(r["row"].id, (100 * r["clean"], 100 * w["accuracy"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    ax.set_xlabel("clean accuracy %")
-    ax.set_ylabel(f"worst-case robust accuracy % ({norm})")
-    ax.grid(alpha=0.3)
+    shown = [ds for ds in datasets if any(r["row"].dataset == ds for r in done)] or datasets[:1]
+    fig, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], shown):
+        rows = [r for r in done if r["row"].dataset == ds]
+        norm = rows[0]["row"].budgets[0] if rows else {"norm": "", "eps": ""}
+        for r in rows:
+            w = r["budgets"][norm["norm"]]["worst"]
+            ax.errorbar(100 * r["clean"], 100 * w["accuracy"], yerr=[[100 * (w["accuracy"] - w["ci_low"])],
+                        [100 * (w["ci_high"] - w["accuracy"])]], fmt="o", capsize=3)
+            ax.annotate(r["row"].id, (100 * r["clean"], 100 * w["accuracy"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set_title(f"{_DATASET_TITLES.get(ds, ds)}, {norm['norm']} {norm['eps']}")
+        ax.set_xlabel("clean accuracy %")
+        ax.set_ylabel("worst-case robust accuracy %")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -324,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="rebuild the page from the results; attack nothing")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="the rows' results folder; the page goes beside it")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None,
+                   help="the finished cells (default: <out>/cells, committed with the results, so a row that "
+                        "outlasts one session or machine resumes where it stopped)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -337,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--rows: unknown row(s) {sorted(unknown)}; rows: {', '.join(r.id for r in rows)}")
         out = Path(args.out)
         (out / "configs").mkdir(parents=True, exist_ok=True)
+        cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cells"
         costs_path = out / "costs.json"
         costs = json.loads(costs_path.read_text()) if costs_path.is_file() else {}
         pending = {}
@@ -345,17 +393,20 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 pending[row.id] = reason
                 continue
-            for b in settings["budgets"]:
+            for b in row.budgets:
                 (out / "configs" / f"{row.id}-{b['norm']}.toml").write_text(to_toml(row_config(settings, row, b)))
             if args.report_only or row.id not in wanted:
                 continue
-            for b in settings["budgets"]:
+            for b in row.budgets:
                 config = out / "configs" / f"{row.id}-{b['norm']}.toml"
                 shown = config.resolve().relative_to(Path.cwd()) if config.resolve().is_relative_to(Path.cwd()) else config
-                run(config, data_dir=args.data_dir, out=out / f"{row.id}-{b['norm']}", cache_dir=args.cache_dir,
+                run(config, data_dir=args.data_dir, out=out / f"{row.id}-{b['norm']}", cache_dir=cache_dir,
                     progress=not args.no_progress, threads=args.threads,
                     command=f"python -m benchmarks run {shown} --data-dir {args.data_dir or '$PURIFY_DATA_DIR'}")
-            costs[row.id] = {str(t): measure_cost(row, threads=t, data_dir=args.data_dir) for t in (1, 2)}
+            measured = {str(t): measure_cost(row, threads=t, data_dir=args.data_dir) for t in (1, 2)}
+            # Re-read before writing: another leaderboard process may have added its rows meanwhile.
+            costs = json.loads(costs_path.read_text()) if costs_path.is_file() else {}
+            costs[row.id] = measured
             costs_path.write_text(json.dumps(costs, indent=1) + "\n")
         page = build_page(out, settings, rows, pending, costs, command)
         (out.parent / "leaderboard.md").write_text(page)

@@ -18,7 +18,8 @@ SHIPPED = {
     "purify.wnll_head": ["resnet56_wnll", "resnet56_wnll_plain"],
     "purify.small_cnn": ["small_cnn_cifar10"],
     "purify.template_set": [],
-    "purify.trained_classifier": ["lenet5_mnist_at", "lenet5_mnist_fgsm_rs", "resnet20_cifar10_at"],
+    "purify.trained_classifier": ["lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs",
+                                   "resnet20_cifar10_at"],
 }
 
 

@@ -97,8 +97,9 @@ _REGISTRY: dict[str, ModelConfig] = {
 # safetensors file is sha256-checked against its json config on load.
 _PACKAGED = ("small_cnn_cifar10",)
 # Robust references made by python -m purify.training.adversarial (format "purify.trained_classifier"):
-# LeNet-5 PGD-trained on MNIST at eps 0.3, ResNet-20 FGSM-RS-trained on CIFAR-10 at eps 8/255.
-_TRAINED = ("lenet5_mnist_at", "resnet20_cifar10_at")
+# LeNet-5 on MNIST (standard training; FGSM-RS and PGD-trained at eps 0.3), ResNet-20 FGSM-RS-trained
+# on CIFAR-10 at eps 8/255.
+_TRAINED = ("lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs", "resnet20_cifar10_at")
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['lenet5_mnist_at', 'resnet20', 'resnet20_cifar10_at', 'resnet56', 'small_cnn_cifar10']
+        ['lenet5_mnist', 'lenet5_mnist_at', 'lenet5_mnist_fgsm_rs', 'resnet20', 'resnet20_cifar10_at', 'resnet56',
+         'small_cnn_cifar10']
     """
     return sorted((*_REGISTRY, *_PACKAGED, *_TRAINED, *_USER))
 

@@ -28,12 +28,21 @@ model = "resnet20"
 id = "robust"
 name = "robust reference"
 model = "resnet20"
+reference = true
 
 [[rows]]
 id = "robust-dct"
 name = "DCT in front"
 model = "resnet20"
 stages = [{ name = "dct", params = { q = 10.0 } }]
+
+[[rows]]
+id = "mnist"
+name = "MNIST reference"
+model = "lenet5_mnist_at"
+dataset = "mnist"
+budgets = [{ norm = "linf", eps = 0.3 }]
+reference = true
 
 [[rows]]
 id = "later"
@@ -44,16 +53,18 @@ model = "not_trained_yet"
 
 def test_the_bundled_spec_makes_valid_configs(tmp_path):
     settings, rows = load_leaderboard(DEFAULT_SPEC)
-    assert {"resnet56", "tvm", "dct", "gcln", "wnll", "robust"} <= {r.id for r in rows}
+    assert {"resnet56", "tvm", "dct", "gcln", "wnll", "robust", "mnist-robust"} <= {r.id for r in rows}
+    assert {ds: [r.id for r in rows if r.reference and r.dataset == ds] for ds in ("cifar10", "mnist")} == \
+        {"cifar10": ["robust"], "mnist": ["mnist-robust"]}
     for row in rows:
-        for b in settings["budgets"]:
+        for b in row.budgets:
             path = tmp_path / f"{row.id}-{b['norm']}.toml"
             path.write_text(to_toml(row_config(settings, row, b)))
-            if row.model.endswith("_at"):
-                continue        # the robust reference registers its model when it is shipped
             cfg = load_config(path)
             assert cfg.worst is not None and cfg.worst.norm == b["norm"]
             assert cfg.data["count"] == (200 if row.randomized else 500)
+            assert cfg.data["dataset"] == row.dataset
+    assert [b["eps"] for b in next(r for r in rows if r.id == "mnist-robust").budgets] == [0.3]
 
 
 def test_tiny_leaderboard_end_to_end(tmp_path, data_dir, capsys):
@@ -69,6 +80,11 @@ def test_tiny_leaderboard_end_to_end(tmp_path, data_dir, capsys):
         assert f"| {name} | resnet20 |" in page
     assert "a reference still training: model 'not_trained_yet' is not registered yet" in page
     assert "The robust reference alone keeps" in page and "- DCT in front:" in page
+    # The MNIST row has its own table, at its own budget, and its own reading.
+    cifar, mnist = page.split("## CIFAR-10")[1].split("## MNIST")
+    assert "| MNIST reference | lenet5_mnist_at |" in mnist and "worst linf 0.3" in mnist
+    assert "MNIST reference" not in cifar and (out / "mnist-linf" / "cells.csv").is_file()
+    assert "MNIST:\n\nThe robust reference alone keeps" in page
     # Rebuilt from the rows' cells.csv alone: the same table, nothing attacked.
     (out / "plain-linf" / "report.md").unlink()
     assert main(args + ["--report-only"]) == 0
@@ -81,6 +97,12 @@ def test_bad_spec_is_a_config_error(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(TINY.replace('id = "later"', 'id = "plain"'))
     with pytest.raises(ConfigError, match="used twice"):
+        load_leaderboard(spec)
+    spec.write_text(TINY.replace('model = "lenet5_mnist_at"\ndataset = "mnist"', 'model = "lenet5_mnist_at"'))
+    with pytest.raises(ConfigError, match="more than one reference = true row on cifar10"):
+        load_leaderboard(spec)
+    spec.write_text(TINY.replace('budgets = [{ norm = "linf", eps = 0.3 }]', 'budgets = []'))
+    with pytest.raises(ConfigError, match=r"rows\[3\].budgets"):
         load_leaderboard(spec)
     assert main(["--spec", str(Path(DEFAULT_SPEC)), "--rows", "nope", "--report-only", "--out",
                  str(tmp_path / "b")]) == 2
