@@ -46,7 +46,7 @@ __all__ = ["Row", "load_leaderboard", "row_config", "measure_cost", "build_page"
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "leaderboard.toml"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "leaderboard"
-_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params", "dataset", "budgets", "reference"}
+_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params", "dataset", "budgets", "reference", "attacks"}
 _SETTING_KEYS = {"dataset", "split", "seed", "count_deterministic", "count_randomized", "batch_size", "budgets",
                  "worst", "transfer"}
 
@@ -64,6 +64,9 @@ class Row:
     budgets: tuple[dict[str, Any], ...] = ()
     #: The robust reference of its dataset: the row every stack on the same model is compared with.
     reference: bool = False
+    #: Extra harness attack entries (without eps; the row's norm is filled in) that join the worst
+    #: case, e.g. APGD with EOT over TVM's exact (unrolled-solver) gradient.
+    attacks: tuple[dict[str, Any], ...] = ()
 
     @property
     def randomized(self) -> bool:
@@ -95,7 +98,11 @@ def load_leaderboard(path: Path) -> tuple[dict[str, Any], list[Row]]:
         _check_budgets(path, f"rows[{i}].budgets", budgets)
         rows.append(Row(r["id"], r["name"], r["model"], tuple(r.get("stages", ())), r.get("head", "softmax"),
                         dict(r.get("head_params", {})), str(r.get("dataset", s.get("dataset", "cifar10"))),
-                        tuple(budgets), bool(r.get("reference", False))))
+                        tuple(budgets), bool(r.get("reference", False)), tuple(r.get("attacks", ()))))
+        for j, a in enumerate(r.get("attacks", ())):
+            if not isinstance(a, dict) or not {"name", "id"} <= set(a) or "eps" in a:
+                raise ConfigError(f"{path}: rows[{i}].attacks[{j}]: expected a harness attack entry with name and id "
+                                  "(no eps: the row's budget is used)")
     if not rows:
         raise ConfigError(f"{path}: rows: expected at least one [[rows]] entry")
     for ds in {r.dataset for r in rows}:
@@ -133,6 +140,10 @@ def row_config(settings: dict[str, Any], row: Row, budget: dict[str, Any]) -> di
         doc["attacks"] = [{"name": "pgd", "id": "transfer-pgd", "eps": [eps], "threat_models": ["transfer"],
                            "params": {"norm": norm, "iters": t.get("iters", 20), "step_ratio": t.get("step_ratio", 0.25),
                                       "random_start": True}}]
+    if row.attacks:
+        extra = [{**a, "eps": [eps], "params": {**a.get("params", {}), "norm": norm}} for a in row.attacks]
+        doc.setdefault("attacks", []).extend(extra)
+        doc["worst"]["include"] = [a["id"] for a in extra]
     return doc
 
 

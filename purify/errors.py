@@ -16,6 +16,8 @@ __all__ = [
     "ChecksumError",
     "DataNotFoundError",
     "NonDifferentiableError",
+    "DeviceError",
+    "RetrofitError",
 ]
 
 
@@ -52,3 +54,14 @@ class DataNotFoundError(PurifyError, FileNotFoundError):
 
 class NonDifferentiableError(PurifyError, RuntimeError):
     """Backward was called through a stage that has no gradient (use ste=True or bpda())."""
+
+
+class DeviceError(PurifyError, RuntimeError):
+    """A device was asked for that this machine or torch build does not have (the message lists those it has).
+
+    A ``RuntimeError``, like torch's own error for an unavailable device, so existing handlers keep working.
+    """
+
+
+class RetrofitError(PurifyError, ValueError):
+    """A network cannot be retrofitted (no ReLU to replace, compiled code, a bad activation)."""

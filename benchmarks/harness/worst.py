@@ -22,7 +22,7 @@ twice the iterations, and twice the EOT samples on a randomized defense). The gr
 threat models follow the defense (:func:`gradient_threat_models`): none without a defense;
 ``full`` through differentiable (or straight-through) deterministic stages, and ``bpda`` too where
 a stage only has a straight-through gradient; ``bpda+eot`` for a randomized defense, AutoAttack's "rand" protocol (``eot``, EOT over exact
-gradients, only when asked for: it holds every draw's graph at once). Square needs no gradients: it
+gradients, only when asked for: an unrolled solver's gradient per draw is slow on a CPU). Square needs no gradients: it
 queries the defended model itself.
 
 Every cell records which images it left correct (the ``adv_correct`` column, a hex bitmask in
@@ -84,9 +84,10 @@ def gradient_threat_models(stages) -> tuple[str, ...]:
     exact = all(s.differentiable for s in specs)
     straight_through = all(s.differentiable or "ste" in s.params for s in specs)
     if any(s.randomized for s in specs):
-        # Not "eot" by default: EOT over exact gradients keeps every draw's graph of an iterative
-        # stage (TVM's unrolled solve) at once; at EOT 10 and batch 100 it used over 20 GB and was
-        # killed. Ask for it with threat_models = ["bpda+eot", "eot"] where memory allows (a GPU).
+        # Not "eot" by default: EOT over exact gradients differentiates an iterative stage (TVM's
+        # unrolled solve) once per draw, ~14 s per draw of 100 images on one CPU thread and ~2.4 GB
+        # (draws are differentiated one at a time). Ask for it with threat_models = ["bpda+eot", "eot"],
+        # or add one such attack to the ensemble with include (the leaderboard's TVM rows do).
         return ("bpda+eot",)
     if exact:
         return ("full",)

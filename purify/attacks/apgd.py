@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from purify._checks import check_choice, check_float, check_generator, check_image_batch, check_int, per_sample
-from purify.attacks.gradient import (NORMS, LossFn, ModelFn, _check_differentiable, _check_labels, _check_logits,
-                                     _flat_norm, _model_loss, _project, ce_loss)
+from purify.attacks.gradient import (NORMS, LossFn, ModelFn, _check_labels, _check_logits, _flat_norm, _project,
+                                     ce_loss, loss_and_input_grad)
 from purify.errors import DTypeError, ShapeError
 
 __all__ = ["apgd", "apgd_checkpoints", "dlr_loss", "dlr_targeted_loss", "APGD_LOSSES"]
@@ -223,14 +223,8 @@ def _margin(lp: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def _evaluate(fn: str, model_fn: ModelFn, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
     """Per-image loss, its gradient at x and the (EOT) log-probabilities of the same forward passes."""
     rec = _Recorder(loss_fn)
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        loss = _model_loss(model_fn, xg, y, rec)
-        _check_differentiable(fn, loss)
-        (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
-    if grad is None:                                   # a graph through the weights only: x was detached on the way
-        _check_differentiable(fn, loss.detach())
-    return loss.detach().to(x.dtype), grad, rec.log_probs().to(x.dtype)
+    loss, grad = loss_and_input_grad(fn, model_fn, x, y, rec)
+    return loss.to(x.dtype), grad, rec.log_probs().to(x.dtype)
 
 
 def _step(x0: Tensor, x_adv: Tensor, x_prev: Tensor, grad: Tensor, step: Tensor, eps: Tensor, norm: str,

@@ -55,6 +55,8 @@ class CountedModel:
         self.backwards = 0
         if callable(getattr(model_fn, "expected_loss", None)):
             self.expected_loss = self._expected_loss
+        if callable(getattr(model_fn, "expected_loss_and_grad", None)):
+            self.expected_loss_and_grad = self._expected_loss_and_grad
 
     def reset(self) -> None:
         """Set both counters back to zero."""
@@ -81,6 +83,13 @@ class CountedModel:
             return loss_fn(logits, labels)
 
         return self.model_fn.expected_loss(x, y, counted_loss)  # type: ignore[attr-defined]
+
+    def _expected_loss_and_grad(self, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor | None]:
+        def counted_loss(logits: Tensor, labels: Tensor) -> Tensor:
+            self._count(logits)
+            return loss_fn(logits, labels)
+
+        return self.model_fn.expected_loss_and_grad(x, y, counted_loss)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"CountedModel({self.model_fn!r}, forwards={self.forwards}, backwards={self.backwards})"

@@ -126,14 +126,30 @@ def _model_loss(model_fn: ModelFn, x: Tensor, y: Tensor, loss_fn: LossFn) -> Ten
     return loss_fn(model_fn(x), y)
 
 
+def loss_and_input_grad(fn: str, model_fn: ModelFn, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor]:
+    """Per-image loss (detached) and d sum_b loss_b / d x at ``x``; leaves no .grad anywhere.
+
+    An EOT model (``expected_loss_and_grad``) is differentiated one draw at a time; any other
+    model in one forward and backward. Raises NonDifferentiableError when x gets no gradient.
+    """
+    per_draw = getattr(model_fn, "expected_loss_and_grad", None)
+    if callable(per_draw):
+        loss, grad = per_draw(x, y, loss_fn)
+    else:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            loss = _model_loss(model_fn, xg, y, loss_fn)
+            _check_differentiable(fn, loss)
+            (grad,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
+        loss = loss.detach()
+    if grad is None:                 # a graph through the weights only, or none: x was detached on the way
+        _check_differentiable(fn, loss.detach())
+    return loss, grad
+
+
 def _input_grad(fn: str, model_fn: ModelFn, x: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
     """d sum_b loss_b / d x at ``x``, with grad enabled locally; leaves no .grad anywhere."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        loss = _model_loss(model_fn, xg, y, loss_fn)
-        _check_differentiable(fn, loss)
-        (grad,) = torch.autograd.grad(loss.sum(), xg)
-    return grad
+    return loss_and_input_grad(fn, model_fn, x, y, loss_fn)[1]
 
 
 def _check_differentiable(fn: str, out: Tensor) -> None:

@@ -3,8 +3,13 @@
 Everything that names attacks reads this dict: :func:`purify.attacks.list_attacks`, the benchmark
 harness's config checks (which keys an ``[[attacks]]`` entry may set, their types and bounds, which
 may be swept, whether ``eps`` is needed) and its runner (:meth:`AttackSpec.run`). Nothing registers
-itself at import time; adding an attack means one file with its function and one line in
-``_REGISTRY`` below (plus a line in :data:`PARAMS` for a keyword no attack used before).
+itself at import time; adding an attack to the library means one file with its function and one
+line in ``_REGISTRY`` below (plus a line in :data:`PARAMS` for a keyword no attack used before).
+
+Your own attack joins with :func:`register_attack` (an :class:`AttackSpec`; settings that
+:data:`PARAMS` does not describe are described in its ``settings``), so the harness takes it by
+name; a benchmark config can also name it as ``"module:attribute"`` (an ``AttackSpec`` in your
+module), which the harness imports and registers (see :mod:`benchmarks.harness.inputs`).
 
 Two kinds of attack:
 
@@ -41,10 +46,10 @@ from purify.attacks.cw import cw_l2
 from purify.attacks.deepfool import deepfool
 from purify.attacks.gradient import bim, fgsm, pgd
 from purify.attacks.square import square
-from purify.errors import RangeError, UnknownNameError
+from purify.errors import DTypeError, RangeError, UnknownNameError
 
 __all__ = ["BOUNDED", "MINIMAL", "KINDS", "NORMS", "Param", "PARAMS", "AttackSpec", "list_attacks",
-           "get_attack_spec"]
+           "get_attack_spec", "register_attack", "unregister_attack"]
 
 BOUNDED = "bounded"
 MINIMAL = "minimal"
@@ -118,6 +123,8 @@ class AttackSpec:
         eps_relative: settings that may be given as a fraction of eps, as ``<name>_ratio``.
         choices: ``(setting, values)`` pairs where this attack's choices differ from :data:`PARAMS`
             (APGD's losses); :meth:`param` merges them.
+        settings: ``(setting, Param)`` pairs describing settings :data:`PARAMS` does not know (a
+            registered attack's own keywords); they take precedence over :data:`PARAMS`.
         params: (derived) the function's keyword settings, in signature order (not ``eps`` and
             ``generator``); each is described in :data:`PARAMS`.
         required: (derived) settings without a default.
@@ -132,6 +139,7 @@ class AttackSpec:
     description: str
     eps_relative: tuple[str, ...] = ()
     choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    settings: tuple[tuple[str, Param], ...] = ()
     params: tuple[str, ...] = field(init=False)
     required: tuple[str, ...] = field(init=False)
     randomized: bool = field(init=False)
@@ -143,16 +151,27 @@ class AttackSpec:
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "required", tuple(n for n in params if sig[n].default is inspect.Parameter.empty))
         object.__setattr__(self, "randomized", "generator" in kw)
+        # Checked once here, so every caller (the harness's config checks, sweeps) can describe every setting.
+        own = dict(self.settings)
+        unknown = [n for n in params if n not in own and n not in PARAMS]
+        if unknown:
+            raise DTypeError(f"AttackSpec {self.name!r}: setting(s) {', '.join(map(repr, unknown))} of "
+                             f"{getattr(self.function, '__name__', self.function)!r} are not described; pass "
+                             f"settings=(({unknown[0]!r}, Param('float', 'what it does', low=0.0)),)")
+        if self.kind not in KINDS or not self.norms or any(n not in NORMS for n in self.norms):
+            raise DTypeError(f"AttackSpec {self.name!r}: expected kind in {KINDS} and norms from {NORMS}, got "
+                             f"{self.kind!r} and {self.norms!r}")
 
     def param(self, name: str) -> Param:
-        """How this attack takes setting ``name``: :data:`PARAMS` with the spec's own choices.
+        """How this attack takes setting ``name``: its own ``settings``, else :data:`PARAMS` with its choices.
 
         Example:
             >>> get_attack_spec("apgd").param("loss").choices, get_attack_spec("pgd").param("norm").choices
             (('ce', 'dlr', 'dlr-targeted'), ('linf', 'l2'))
         """
+        described = dict(self.settings).get(name) or PARAMS[name]
         own = dict(self.choices, norm=self.norms).get(name)
-        return replace(PARAMS[name], choices=own) if own is not None and PARAMS[name].kind == "choice" else PARAMS[name]
+        return replace(described, choices=own) if own is not None and described.kind == "choice" else described
 
     @property
     def uses_eps(self) -> bool:
@@ -167,7 +186,7 @@ class AttackSpec:
     @property
     def sweep(self) -> tuple[str, ...]:
         """Settings a benchmark config may give as a list (one cell per value)."""
-        return tuple(n for n in self.params if PARAMS[n].sweep)
+        return tuple(n for n in self.params if self.param(n).sweep)
 
     @property
     def accepted(self) -> tuple[str, ...]:
@@ -266,14 +285,68 @@ _REGISTRY: dict[str, AttackSpec] = {
 }
 
 
+#: Attacks added with :func:`register_attack`, after the library's own in :func:`list_attacks`.
+_USER: dict[str, AttackSpec] = {}
+
+
+def register_attack(spec: AttackSpec, *, overwrite: bool = False) -> AttackSpec:
+    """Add your own attack under ``spec.name``, so the harness (and :func:`get_attack_spec`) take it by name.
+
+    The function must follow the attacks' protocol: ``function(model_fn, x, y, *, [eps,] **settings,
+    [generator]) -> x_adv`` with ``x`` ``(B, C, H, W)`` in [0, 1] and ``x_adv`` like it, inside the
+    ``eps`` ball of its norm for a ``"bounded"`` attack. ``gradients=False`` declares a score-based
+    attack (it never differentiates ``model_fn``, so it can attack a model without gradients, such as
+    an ONNX graph). Registering the same spec object again is a no-op, so a config that names it can
+    be parsed any number of times.
+
+    Raises:
+        DTypeError: ``spec`` is not an :class:`AttackSpec`, or its name is not letters, digits, ``_``,
+            ``-`` or ``.``.
+        ValueError: the name is a built-in attack's, or was registered with another spec and
+            ``overwrite`` is False.
+    Example:
+        >>> import torch
+        >>> def noise(model_fn, x, y, *, eps, generator=None):
+        ...     d = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
+        ...     return (x + eps * d).clamp(0, 1)
+        >>> spec = register_attack(AttackSpec("noise", noise, BOUNDED, ("linf",), False, "uniform noise"))
+        >>> "noise" in list_attacks(), get_attack_spec("noise").randomized
+        (True, True)
+        >>> unregister_attack("noise")
+    """
+    fn = "register_attack"
+    if not isinstance(spec, AttackSpec):
+        raise DTypeError(f"{fn}: expected an AttackSpec, got {type(spec).__name__}; wrap your function as "
+                         "AttackSpec(name, function, 'bounded', ('linf',), gradients, description)")
+    name = spec.name
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise DTypeError(f"{fn}: expected a name of letters, digits, '_', '-' or '.', got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"{fn}: {name!r} is a built-in attack; register yours under another name")
+    if name in _USER and _USER[name] is not spec and not overwrite:
+        raise ValueError(f"{fn}: {name!r} is already registered with another spec; pass overwrite=True to "
+                         "replace it")
+    _USER[name] = spec
+    return spec
+
+
+def unregister_attack(name: str) -> None:
+    """Remove an attack added with :func:`register_attack` (built-in names cannot be removed)."""
+    if name not in _USER:
+        raise UnknownNameError(f"unregister_attack: unknown registered attack {name!r}; registered: "
+                               f"{', '.join(map(repr, _USER)) or 'none'}")
+    del _USER[name]
+
+
 def list_attacks() -> list[str]:
-    """Names of the registered attacks, bounded ones first, in order of strength of the usual setting.
+    """Names of the registered attacks: the library's, bounded ones first, in order of strength of the usual
+    setting, then those added with :func:`register_attack`.
 
     Example:
         >>> list_attacks()
         ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool']
     """
-    return list(_REGISTRY)
+    return [*_REGISTRY, *_USER]
 
 
 def get_attack_spec(name: str) -> AttackSpec:
@@ -287,6 +360,7 @@ def get_attack_spec(name: str) -> AttackSpec:
         ...
         purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool'
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise UnknownNameError(f"unknown attack {name!r}; known attacks: {', '.join(map(repr, _REGISTRY))}")
-    return _REGISTRY[name]
+    known = {**_REGISTRY, **_USER}
+    if not isinstance(name, str) or name not in known:
+        raise UnknownNameError(f"unknown attack {name!r}; known attacks: {', '.join(map(repr, known))}")
+    return known[name]

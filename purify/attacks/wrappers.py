@@ -103,7 +103,9 @@ class EOT:
     :meth:`expected_loss` returns ``mean_i loss_fn(model_fn(x), y)`` over fresh calls; its
     gradient is exactly the mean of the per-draw gradients. The gradient attacks call
     ``expected_loss`` whenever a model has it. Each draw's graph is kept until the
-    backward pass, so memory grows with ``samples``. Randomness comes from ``model_fn`` itself
+    backward pass, so memory grows with ``samples``; :meth:`expected_loss_and_grad` gives the
+    same loss and gradient one draw at a time (the memory of one draw; what the attacks use:
+    EOT over an unrolled TV solver holds gigabytes per draw). Randomness comes from ``model_fn`` itself
     (e.g. a stage holding a ``torch.Generator``); EOT only calls it repeatedly.
 
     Shape:
@@ -138,6 +140,29 @@ class EOT:
         for _ in range(self.samples - 1):
             total = total + loss_fn(self.model_fn(x), y)
         return total / self.samples
+
+    def expected_loss_and_grad(self, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor | None]:
+        """:meth:`expected_loss` (detached) and its gradient in ``x``, one draw's graph at a time.
+
+        Each draw is differentiated and its graph freed before the next, so memory is that of one
+        draw; the sum of the per-draw gradients over ``samples`` equals the gradient of the mean.
+        The gradient is None when no draw depends differentiably on ``x``.
+
+        Shape:
+            x: (B, C, H, W); y: (B,); output: (the shape of ``loss_fn``'s output, x's shape).
+        """
+        total: Tensor | None = None
+        grad: Tensor | None = None
+        with torch.enable_grad():
+            for _ in range(self.samples):
+                xg = x.detach().requires_grad_(True)
+                loss = loss_fn(self.model_fn(xg), y)
+                g = torch.autograd.grad(loss.sum(), xg, allow_unused=True)[0] if loss.requires_grad else None
+                total = loss.detach() if total is None else total + loss.detach()
+                if g is not None:
+                    grad = g if grad is None else grad + g
+        assert total is not None                     # samples >= 1
+        return total / self.samples, None if grad is None else grad / self.samples
 
     def __repr__(self) -> str:
         return f"EOT({self.model_fn!r}, samples={self.samples})"

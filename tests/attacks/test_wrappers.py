@@ -107,6 +107,13 @@ def test_eot_averages_over_fresh_draws(convnet):
     torch.testing.assert_close(got, manual, atol=1e-6, rtol=1e-5)
     single = _grad(lambda u: ce_loss(convnet(u), y), draws[0])
     assert not torch.allclose(got, single, atol=1e-4)  # the draws differ
+    # one draw's graph at a time (what the attacks call): the same loss and gradient, up to summation order
+    gen.manual_seed(7)
+    loss, per_draw = model.expected_loss_and_grad(x, y, ce_loss)
+    torch.testing.assert_close(per_draw, manual, atol=1e-6, rtol=1e-5)
+    gen.manual_seed(7)
+    torch.testing.assert_close(loss, model.expected_loss(x, y, ce_loss).detach(), atol=1e-6, rtol=1e-5)
+    assert not loss.requires_grad
     # the prediction: log of the mean softmax over n fresh draws
     gen.manual_seed(7)
     probs = torch.stack([torch.softmax(convnet(noisy_stage(gen)(x)), 1) for _ in range(n)]).mean(0)
@@ -174,7 +181,7 @@ def test_counted_model_counts_every_eot_draw(order, linear):
         model = eot(counted, samples=5)
     else:
         counted = model = CountedModel(eot(linear, samples=5))
-        assert hasattr(model, "expected_loss")
+        assert hasattr(model, "expected_loss") and hasattr(model, "expected_loss_and_grad")
     pgd(model, x, y, eps=0.03, step=0.01, iters=2)
     assert (counted.forwards, counted.backwards) == (2 * 5 * 3, 2 * 5 * 3)
     counted.reset()

@@ -65,6 +65,13 @@ def test_the_bundled_spec_makes_valid_configs(tmp_path):
             assert cfg.data["count"] == (200 if row.randomized else 500)
             assert cfg.data["dataset"] == row.dataset
     assert [b["eps"] for b in next(r for r in rows if r.id == "mnist-robust").budgets] == [0.3]
+    # The TVM rows add EOT over the exact gradient to the ensemble, at each budget's norm.
+    tvm = next(r for r in rows if r.id == "tvm")
+    for b in tvm.budgets:
+        cfg = load_config(tmp_path / f"tvm-{b['norm']}.toml")
+        extra = next(a for a in cfg.attacks if a.id == "apgd-ce-eot-exact")
+        assert cfg.worst.include == ("apgd-ce-eot-exact",) and extra.threat_models == ("eot",)
+        assert extra.norm == b["norm"] and extra.eot_samples == (10,)
 
 
 def test_tiny_leaderboard_end_to_end(tmp_path, data_dir, capsys):
@@ -100,6 +107,10 @@ def test_bad_spec_is_a_config_error(tmp_path):
         load_leaderboard(spec)
     spec.write_text(TINY.replace('model = "lenet5_mnist_at"\ndataset = "mnist"', 'model = "lenet5_mnist_at"'))
     with pytest.raises(ConfigError, match="more than one reference = true row on cifar10"):
+        load_leaderboard(spec)
+    spec.write_text(TINY.replace('reference = true\n\n[[rows]]\nid = "later"',
+                                 'reference = true\nattacks = [{ name = "pgd", id = "p", eps = [0.1] }]\n\n[[rows]]\nid = "later"'))
+    with pytest.raises(ConfigError, match=r"rows\[3\].attacks\[0\]: .*no eps"):
         load_leaderboard(spec)
     spec.write_text(TINY.replace('budgets = [{ norm = "linf", eps = 0.3 }]', 'budgets = []'))
     with pytest.raises(ConfigError, match=r"rows\[3\].budgets"):
