@@ -2,7 +2,7 @@
 
 One functional core for gradient attacks (:func:`pgd`, with :func:`fgsm` and :func:`bim` as
 its special cases), :func:`apgd` (APGD-CE / -DLR / -T) and the score-based :func:`square`
-(AutoAttack's ensemble), :func:`cw_l2` and :func:`deepfool`; the threat models of a defense are
+(AutoAttack's ensemble), :func:`cw_l2`, :func:`deepfool` and :func:`trust_region`; the threat models of a defense are
 expressed by wrapping the *model*: :func:`bpda` for non-differentiable stages, :func:`eot`
 for randomized ones, both for a randomized non-differentiable defense such as TVM. The attacks
 are named in one place, :mod:`purify.attacks.registry` (:func:`get_attack_spec`: norm, budget,
@@ -22,7 +22,7 @@ Quickstart::
     >>> defended = eot(lambda v: clf(bpda(noisy)(v)), samples=4)          # BPDA + EOT threat model
     >>> adv = fgsm(defended, x, y, eps=8 / 255)
     >>> list_attacks()
-    ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool']
+    ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region']
 """
 
 from purify.attacks.apgd import apgd, dlr_loss
@@ -32,10 +32,11 @@ from purify.attacks.deepfool import deepfool, rho2
 from purify.attacks.gradient import bim, ce_loss, fgsm, margin_loss, pgd
 from purify.attacks.registry import AttackSpec, get_attack_spec, list_attacks
 from purify.attacks.square import square
+from purify.attacks.trust_region import trust_region
 from purify.attacks.wrappers import EOT, bpda, eot
 
 __all__ = [
     "pgd", "fgsm", "bim", "cw_l2", "deepfool", "rho2", "bpda", "eot", "EOT", "CountedModel", "list_attacks",
-    "cw_l2_details", "CWResult", "ce_loss", "margin_loss", "AttackSpec", "get_attack_spec", "apgd", "square",
+    "cw_l2_details", "CWResult", "ce_loss", "margin_loss", "AttackSpec", "get_attack_spec", "apgd", "square", "trust_region",
     "dlr_loss",
 ]

@@ -16,11 +16,11 @@ Two kinds of attack:
 * ``"bounded"``: takes ``eps`` and returns ``x_adv`` with ``‖x_adv - x‖ <= eps`` in its norm
   (fgsm, bim, pgd, apgd, square); reported at each eps;
 * ``"minimal"``: no budget; searches for a small perturbation that changes the label (cw_l2,
-  deepfool); reported with the mean norm of what it found.
+  deepfool, trust_region); reported with the mean norm of what it found.
 
 Example:
     >>> list_attacks()
-    ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool']
+    ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region']
     >>> spec = get_attack_spec("pgd")
     >>> spec.kind, spec.norms, spec.required, spec.randomized
     ('bounded', ('linf', 'l2'), ('step', 'iters'), True)
@@ -46,6 +46,7 @@ from purify.attacks.cw import cw_l2
 from purify.attacks.deepfool import deepfool
 from purify.attacks.gradient import bim, fgsm, pgd
 from purify.attacks.square import square
+from purify.attacks.trust_region import trust_region
 from purify.errors import DTypeError, RangeError, UnknownNameError
 
 __all__ = ["BOUNDED", "MINIMAL", "KINDS", "NORMS", "Param", "PARAMS", "AttackSpec", "list_attacks",
@@ -95,7 +96,7 @@ PARAMS: dict[str, Param] = {
     "steps": Param("int", "optimizer steps per run", low=0),
     "lr": Param("float", "Adam learning rate", low=0.0, low_open=True),
     "binary_search_steps": Param("int", "runs of the binary search over c", low=0),
-    "overshoot": Param("float", "factor 1 + overshoot on the accumulated step", low=0.0),
+    "overshoot": Param("float", "factor 1 + overshoot on the step (DeepFool: the accumulated one; TR: each)", low=0.0),
     "max_iter": Param("int", "maximum number of linearization steps", low=0),
     "num_classes": Param("int", "classes considered (the label's and the next by clean logit)", low=2),
     "restarts": Param("int", "runs from fresh random starts (per target class when targeted)", low=1),
@@ -103,6 +104,15 @@ PARAMS: dict[str, Param] = {
     "n_target_classes": Param("int", "target classes of APGD-T, the highest-scoring wrong ones", low=1),
     "queries": Param("int", "model calls per image (score-based attacks)", low=0, sweep=True),
     "p_init": Param("float", "initial fraction of pixels in a Square update", low=0.0, low_open=True),
+    "radius": Param("float", "initial trust radius: the bound on each step, in the attack's norm", low=0.0,
+                    low_open=True),
+    "adaptive": Param("bool", "adapt the trust radius to how well the linear model predicted each step"),
+    "worst_case": Param("bool", "target the farthest candidate class instead of the nearest"),
+    "eta_low": Param("float", "shrink the trust radius when the actual / predicted gain is below this", low=0.0),
+    "eta_high": Param("float", "grow the trust radius when the actual / predicted gain is above this", low=0.0),
+    "sigma": Param("float", "factor by which the trust radius grows or shrinks", low=1.0),
+    "radius_min": Param("float", "smallest adapted trust radius", low=0.0),
+    "radius_max": Param("float", "largest adapted trust radius", low=0.0, low_open=True),
 }
 
 
@@ -282,6 +292,8 @@ _REGISTRY: dict[str, AttackSpec] = {
                         "Carlini-Wagner L2: Adam in tanh space on L2 + c * hinge, optional binary search over c"),
     "deepfool": AttackSpec("deepfool", deepfool, MINIMAL, ("l2", "linf"), True,
                            "DeepFool: iterated linearization to the nearest decision boundary"),
+    "trust_region": AttackSpec("trust_region", trust_region, MINIMAL, ("l2", "linf"), True,
+                               "trust-region attack (Yao et al.): DeepFool steps bounded by an adaptive radius"),
 }
 
 
@@ -344,7 +356,7 @@ def list_attacks() -> list[str]:
 
     Example:
         >>> list_attacks()
-        ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool']
+        ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region']
     """
     return [*_REGISTRY, *_USER]
 
@@ -358,7 +370,7 @@ def get_attack_spec(name: str) -> AttackSpec:
         >>> get_attack_spec("cw")
         Traceback (most recent call last):
         ...
-        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool'
+        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region'
     """
     known = {**_REGISTRY, **_USER}
     if not isinstance(name, str) or name not in known:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from purify.attacks import CountedModel, deepfool, rho2
+from purify.attacks import CountedModel, deepfool, rho2, trust_region
 from purify.errors import DTypeError, NonDifferentiableError, RangeError, ShapeError, UnknownNameError
 from tests.attacks.conftest import images, make_convnet, make_linear
 
@@ -23,18 +23,22 @@ def _binary_setup(dtype=torch.float64):
     return model, x, y, w, f
 
 
+@pytest.mark.parametrize("attack", [deepfool, trust_region], ids=["deepfool", "trust_region"])
 @pytest.mark.parametrize("batch", [0, 1, 3])
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_smoke(batch, norm, convnet, device):
+def test_smoke(batch, norm, attack, convnet, device):
+    """DeepFool and the trust-region attack: shapes, devices, nothing mutated, in range, every image fooled."""
     x = images(batch).to(device)
     convnet = convnet.to(device)
     x_before = x.clone()
     with torch.no_grad():
         y = convnet(x).argmax(1)
-    adv = deepfool(convnet, x, y, norm=norm)
-    assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
+    adv = attack(convnet, x, y, norm=norm)
+    assert adv.shape == x.shape and adv.dtype == x.dtype and adv.device == x.device and not adv.requires_grad
     assert torch.equal(x, x_before) and all(p.grad is None for p in convnet.parameters())
     assert bool(((adv >= 0) & (adv <= 1)).all())
+    with torch.no_grad():
+        assert bool((convnet(adv).argmax(1) != y).all())
 
 
 def test_l2_binary_linear_is_analytic():
@@ -100,16 +104,20 @@ def test_misclassified_images_are_returned_unchanged(linear):
     assert torch.equal(adv[1], x[1]) and not torch.equal(adv[0], x[0])
 
 
+@pytest.mark.parametrize("attack", [deepfool, trust_region], ids=["deepfool", "trust_region"])
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_batch_consistency(norm):
+def test_batch_consistency(norm, attack):
+    """Each image alone gives its row of the batch result (DeepFool and the trust-region attack, which
+    shares its linearization); float64 kernels may differ by a few ulps with the batch size, far below
+    the 1e-6 tolerance and far below any step (>= 1e-4)."""
     model = make_convnet(dtype=torch.float64)
     x = images(5, dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(1)
     y[2] = (y[2] + 1) % 10  # a misclassified one in the batch too
-    whole = deepfool(model, x, y, norm=norm, num_classes=4)
+    whole = attack(model, x, y, norm=norm, num_classes=4)
     for i in range(5):
-        alone = deepfool(model, x[i:i + 1], y[i:i + 1], norm=norm, num_classes=4)
+        alone = attack(model, x[i:i + 1], y[i:i + 1], norm=norm, num_classes=4)
         torch.testing.assert_close(whole[i:i + 1], alone, atol=1e-6, rtol=0)
 
 
