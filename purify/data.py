@@ -9,6 +9,9 @@ indices), in the canonical order of the official distributions. It is found by
 Splits: ``"train"`` is the training set without its last 5,000 images, ``"val"`` those last
 5,000 (the project's validation split for tuning hyper-parameters; never tune on ``"test"``),
 ``"train_full"`` all training images and ``"test"`` the official test set.
+
+Your own images (an ``.npz`` of arrays, or a folder with one subfolder per class) load with
+:func:`purify.user_data.load_user_dataset` into the same :class:`Dataset` interface.
 """
 
 from __future__ import annotations
@@ -116,9 +119,10 @@ class Dataset:
     """An image classification split held as numpy arrays (read-only).
 
     Attributes:
-        name: ``"cifar10"`` or ``"mnist"``.
-        split: ``"train"``, ``"val"``, ``"train_full"`` or ``"test"``.
-        x: ``uint8`` array ``(N, H, W, C)``; MNIST is ``(N, 28, 28, 1)``.
+        name: ``"cifar10"`` or ``"mnist"`` (a user's data set: its file or folder name).
+        split: ``"train"``, ``"val"``, ``"train_full"`` or ``"test"`` (a user's data set: ``"all"``).
+        x: ``uint8`` array ``(N, H, W, C)`` of 0..255 values; MNIST is ``(N, 28, 28, 1)``. A user's
+            float images are kept as ``float32`` ``(N, H, W, C)`` with values in [0, 1] (no rounding).
         y: ``int64`` array ``(N,)`` of class indices.
         classes: class names by index.
 
@@ -148,7 +152,8 @@ class Dataset:
             device: where to put the tensors (default CPU).
 
         Shape:
-            output: ``x`` ``(n, C, H, W)`` float32 with values ``uint8 / 255``; ``y`` ``(n,)`` int64.
+            output: ``x`` ``(n, C, H, W)`` float32 with values ``uint8 / 255`` (float ``x``: as stored);
+            ``y`` ``(n,)`` int64.
 
         Raises:
             DTypeError, ShapeError, RangeError: for bad ``indices``.
@@ -163,7 +168,10 @@ class Dataset:
         if indices is not None:
             idx = _check_indices(indices, len(self))
             xs, ys = xs[idx], ys[idx]
-        x = torch.from_numpy(np.array(xs, dtype=np.float32)).div_(255.0).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.array(xs, dtype=np.float32))
+        if xs.dtype == np.uint8:           # float images are already in [0, 1]
+            x.div_(255.0)
+        x = x.permute(0, 3, 1, 2).contiguous()
         y = torch.from_numpy(np.array(ys, dtype=np.int64))
         if device is not None:
             x, y = x.to(device), y.to(device)

@@ -12,6 +12,9 @@ From Python::
     ['fgsm', 'pgd']
 
 Modules: :mod:`~benchmarks.harness.config` (parsing, checks, ``ConfigError``),
+:mod:`~benchmarks.harness.inputs` (``[data]``, ``[model]``, attack names and budgets: built in or
+your own), :mod:`~benchmarks.harness.loading` (loading them, checked against each other),
+:mod:`~benchmarks.harness.onnx_model` (an ONNX classifier, without gradients),
 :mod:`~benchmarks.harness.overrides` (``--set`` and ``[quick]``), :mod:`~benchmarks.harness.cells`
 (cells, cache keys), :mod:`~benchmarks.harness.threats` (threat models),
 :mod:`~benchmarks.harness.runner` (the batched loop), and :mod:`~benchmarks.harness.report` (csv,

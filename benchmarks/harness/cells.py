@@ -113,16 +113,27 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def base_key(cfg: RunConfig, indices: np.ndarray) -> dict[str, Any]:
-    """The part of every cell's key that comes from the run: images, model, defense, seed, batch size."""
+def base_key(cfg: RunConfig, indices: np.ndarray, *, model: dict[str, Any] | None = None,
+             data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of every cell's key that comes from the run: images, model, defense, seed, batch size.
+
+    ``model`` / ``data``: what identifies your own classifier and images (the sha256 of their files
+    and pixels, :func:`benchmarks.harness.loading.load_classifier`), in place of the config's model
+    dict and the built-in data set's name and split, which identify built-in ones.
+    """
     idx_sha = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
-    model = dict(cfg.model)
+    model = dict(cfg.model if model is None else model)
     if cfg.head != "softmax":       # the head is part of the model every threat model sees, "none" included
         model["head"] = {"name": cfg.head, **cfg.head_params, "attack_through": cfg.attack_through}
+    if data is not None:
+        images = data
+    elif "dataset" in cfg.data:
+        images = {"dataset": cfg.data["dataset"], "split": cfg.data["split"]}
+    else:                           # your images, before prepare() hashed them
+        images = {"path": Path(cfg.data["path"]).name, "resize": cfg.data["resize"], "mode": cfg.data["mode"]}
     return {
         "version": CACHE_VERSION,
-        "data": {"dataset": cfg.data["dataset"], "split": cfg.data["split"], "n": int(len(indices)),
-                 "indices_sha256": idx_sha},
+        "data": {**images, "n": int(len(indices)), "indices_sha256": idx_sha},
         "model": model,
         "defense": {"stages": [[n, p] for n, p in cfg.stages], "head": cfg.head},
         "seed": cfg.seed,

@@ -13,14 +13,14 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     seed = 0                             # attack and defense randomness
 
     [data]
-    dataset = "cifar10"
-    split = "test"
-    count = 1000                         # or: indices = [0, 1, 2]
+    dataset = "cifar10"                  # or your images: path = "my_images" (an .npz or a class-per-subfolder
+    split = "test"                       # folder, any size; resize = [224, 224]; see harness.inputs)
+    count = 1000                         # or: indices = [0, 1, 2]; with path, neither = every image
     seed = 0                             # which `count` images (sorted random sample)
 
     [model]
-    name = "resnet56"
-    pretrained = true
+    name = "resnet56"                    # or your classifier: factory = "mynets:build" (+ weights, weights_sha256)
+    pretrained = true                    # or onnx = "mynet.onnx"; mean / std when it expects normalized input
 
     [substitute]                         # optional: the model the substitute / blackbox threat models attack
     name = "resnet20"                    # a model of purify.models for the same dataset as [model]
@@ -33,9 +33,11 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     stages = [{ name = "tvm", params = { weight = 0.03, drop_prob = 0.5 } }]
 
     [[attacks]]
-    name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, bim, pgd, cw_l2, deepfool
+    name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, bim, pgd, apgd, square,
+                                         # cw_l2, deepfool, or yours: "myattacks:my_attack" (an AttackSpec)
     id = "pgd"                           # optional, default: name; must be unique
-    eps = ["8/255", 0.02]                # numbers or "p/q" strings; none for cw_l2 / deepfool
+    eps = ["8/255", 0.02]                # numbers or "p/q" strings on the [0, 1] image scale (L-inf eps > 1
+                                         # is refused); none for cw_l2 / deepfool
     threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full, substitute, blackbox
     eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
     params = { step_ratio = 0.25, iters = [10, 50] }   # the attack's settings (purify.attacks.registry)
@@ -53,6 +55,7 @@ is checked; see :mod:`benchmarks.harness.overrides`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +65,9 @@ from benchmarks.harness.overrides import (BUNDLED_DIR, apply_overrides, apply_qu
 from benchmarks.harness.schema import (ATTACK_THROUGH, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HARNESS_FIXED,
                                        HEAD_PARAM_KEYS, HEADS, SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL,
                                        UNDEFENDED_SOURCE, AttackEntry, ConfigError, Ctx, Eps, RunConfig, config_params)
-from purify.attacks.registry import RATIO, AttackSpec, Param, get_attack_spec, list_attacks
+from purify.attacks.registry import RATIO, AttackSpec, Param, get_attack_spec
+from benchmarks.harness.inputs import (attack_keys, check_eps_scale, check_onnx_attacks, parse_data, parse_model,
+                                      parse_registered, resolve_attack)
 from benchmarks.harness.worst import parse_worst, worst_entries
 from purify.errors import PurifyError
 
@@ -73,8 +78,6 @@ _TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "mod
              "attacks", "examples", "paper", "quick", "worst"}
 # defense: unless every threat model is "none" / "substitute"; substitute: when one is "substitute" / "blackbox"
 _REQUIRED_TOP = ("description", "data", "model")   # and [[attacks]] or [worst]
-_DATA_KEYS = {"dataset", "split", "count", "seed", "indices"}
-_MODEL_KEYS = {"name", "pretrained"}
 _DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
 _STAGE_KEYS = {"name", "params"}
 _ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
@@ -130,9 +133,9 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise ctx.error("device", f"expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     seed = ctx.integer(cfg.get("seed", 0), "seed")
-    data = _parse_data(ctx, ctx.table(cfg["data"], "data"))
-    model = _parse_model(ctx, ctx.table(cfg["model"], "model"), "model")
-    substitute = _parse_model(ctx, ctx.table(cfg["substitute"], "substitute"), "substitute") \
+    data = parse_data(ctx, ctx.table(cfg["data"], "data"))
+    model = parse_model(ctx, ctx.table(cfg["model"], "model"))
+    substitute = parse_registered(ctx, ctx.table(cfg["substitute"], "substitute"), "substitute") \
         if "substitute" in cfg else None
     stages, head, head_params, attack_through = (_parse_defense(ctx, ctx.table(cfg["defense"], "defense"))
                                                  if "defense" in cfg else ((), "softmax", {}, "head"))
@@ -141,7 +144,13 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
         raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries), or a [worst] table")
     attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(raw_attacks))
     worst = parse_worst(ctx, cfg.get("worst"), stages, attacks)
+    keys = attack_keys(attacks + worst_entries(worst, stages), len(attacks))
     attacks += worst_entries(worst, stages)
+    # L-inf budgets here; L2 budgets against the image size here for built-in data, in prepare() for yours.
+    from purify.data import DATASETS
+    numel = math.prod(DATASETS[data["dataset"]].image_shape) if "dataset" in data else None
+    check_eps_scale(ctx.error, attacks, keys, numel)
+    check_onnx_attacks(ctx, model, head, attacks, keys)
     if not stages:
         defended = sorted({t for a in attacks for t in a.threat_models} - set(UNDEFENDED_EVAL))
         if defended:
@@ -165,39 +174,6 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
                      seed=seed, data=data, model=model, stages=stages, head=head, attacks=attacks,
                      examples=examples, paper=paper, is_quick=quick, raw=raw, head_params=head_params,
                      attack_through=attack_through, substitute=substitute, worst=worst)
-
-
-def _parse_data(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
-    ctx.keys(t, _DATA_KEYS, "data", ("dataset",))
-    from purify.data import DATASETS, SPLITS
-    out = {"dataset": ctx.string(t["dataset"], "data.dataset", tuple(DATASETS)),
-           "split": ctx.string(t.get("split", "test"), "data.split", SPLITS)}
-    if ("count" in t) == ("indices" in t):
-        raise ctx.error("data.count", "give exactly one of data.count (with data.seed) or data.indices")
-    if "indices" in t:
-        idx = t["indices"]
-        if not isinstance(idx, list) or not idx:
-            raise ctx.error("data.indices", f"expected a non-empty array of image indices, got {idx!r}")
-        out["indices"] = [ctx.integer(v, "data.indices") for v in idx]
-        if len(set(out["indices"])) != len(out["indices"]):
-            raise ctx.error("data.indices", "contains duplicates")
-        if "seed" in t:
-            raise ctx.error("data.seed", "only used with data.count; remove it")
-    else:
-        out["count"] = ctx.integer(t["count"], "data.count", low=1)
-        out["seed"] = ctx.integer(t.get("seed", 0), "data.seed")
-    return out
-
-
-def _parse_model(ctx: Ctx, t: dict[str, Any], section: str) -> dict[str, Any]:
-    """``[model]`` or ``[substitute]``; whether the model fits the data is checked in prepare()."""
-    ctx.keys(t, _MODEL_KEYS, section, ("name",))
-    from purify.models import list_models
-    name = ctx.string(t["name"], f"{section}.name", tuple(list_models()))
-    pretrained = t.get("pretrained", True)
-    if not isinstance(pretrained, bool):
-        raise ctx.error(f"{section}.pretrained", f"expected true or false, got {pretrained!r}")
-    return {"name": name, "pretrained": pretrained}
 
 
 def _parse_head(ctx: Ctx, t: dict[str, Any], head: str) -> tuple[dict[str, Any], str]:
@@ -253,7 +229,7 @@ def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
     key = f"attacks[{i}]"
     a = ctx.table(a, key)
     ctx.keys(a, _ATTACK_KEYS, key, ("name", "threat_models"))
-    name = ctx.string(a["name"], f"{key}.name", tuple(list_attacks()))
+    name = resolve_attack(ctx, a["name"], f"{key}.name")      # a registered name, or "module:attribute"
     spec = get_attack_spec(name)
     aid = ctx.string(a.get("id", name), f"{key}.id")
     if not aid or not all(c.isalnum() or c in "_-." for c in aid):

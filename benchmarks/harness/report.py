@@ -282,9 +282,12 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
     with_substitute = any(r["threat_model"] in SUBSTITUTE_SOURCE for r in rows)
     substitute = f"; substitute: {cfg.substitute['name']} (pretrained={cfg.substitute['pretrained']})" \
         if with_substitute else ""
+    from benchmarks.harness.loading import describe_data, describe_model
+
     n = len(prepared.indices)
     data = cfg.data
-    chosen = f"images {data['indices']}" if "indices" in data else f"{n} images drawn with seed {data['seed']}"
+    chosen = (f"images {data['indices']}" if "indices" in data else
+              f"{n} images drawn with seed {data['seed']}" if "count" in data else f"all {n} images")
     stages = " → ".join(f"{s}({', '.join(f'{k}={v}' for k, v in p.items())})" for s, p in cfg.stages) or "none"
     lines = [
         f"# {cfg.name}{' (quick)' if cfg.is_quick else ''}",
@@ -297,8 +300,9 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         f"- Total wall time: {total_wall_s:.1f} s ({len(result.computed)} cells computed, {len(result.cached)} read "
         f"from the cell cache{_cache_text(result.cells_dir)}; cached cells keep the wall time of the run that "
         "computed them)",
-        f"- Data: {data['dataset']} {data['split']}, {chosen} (sorted); batch size {cfg.batch_size}; seed {cfg.seed}",
-        f"- Model: {cfg.model['name']} (pretrained={cfg.model['pretrained']}){substitute}; "
+        f"- Data: {describe_data(data, tuple(prepared.x.shape[1:]))}, {chosen} (sorted); batch size "
+        f"{cfg.batch_size}; seed {cfg.seed}",
+        f"- Model: {describe_model(cfg.model)}{substitute}; "
         f"defense: {stages}; head: {_head_text(cfg)}",
         f"- Clean accuracy: undefended {_pct(clean['undefended_accuracy'])}%"
         + (f", defended {_pct(clean['defended_accuracy'])}% (one draw per image)" if cfg.stages else ""),

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from benchmarks.harness.cells import (Cell, base_key, cells_dir, derive_seed, expand_cells, group_jobs, key_hash,
                                       read_json, write_json)
 from benchmarks.harness.config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
+from benchmarks.harness.inputs import attack_keys, check_eps_scale
 from benchmarks.harness.threats import attack_model_fn, full_pipeline, run_attack
-from benchmarks.harness.worst import encode_bits
+from benchmarks.harness.worst import encode_bits, worst_entries
 from purify.attacks import rho2
 from purify.errors import PurifyError
 from purify.pipeline import Pipeline
@@ -98,49 +99,26 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     Raises:
         ConfigError: naming the config file and the key to change.
     """
-    from purify.data import DATASETS, load_dataset, resolve_data_dir
-    from purify.models import create_model, get_model_config
+    from benchmarks.harness.loading import (check_fit, check_registered_fit, images_sha256, load_classifier,
+                                            load_images, select)
 
     dev = resolve_device(cfg, device)
-    h, w, c = DATASETS[cfg.data["dataset"]].image_shape
-    sections = {"model": cfg.model}             # the models to load; both must fit the images
-    if cfg.substitute is not None:
-        sections["substitute"] = cfg.substitute
-    for section, spec in sections.items():
-        mcfg = get_model_config(spec["name"])
-        if mcfg.input_size != (c, h, w) or mcfg.dataset != cfg.data["dataset"]:
-            raise _error(cfg, f"{section}.name", f"{mcfg.name} takes {mcfg.dataset} images of shape "
-                         f"{mcfg.input_size} but data.dataset = {cfg.data['dataset']!r} has images of shape "
-                         f"{(c, h, w)}; pick a model trained on {cfg.data['dataset']} or change data.dataset")
-    folder = resolve_data_dir(data_dir)
-    if not folder.is_dir():
-        raise _error(cfg, "data", f"data directory {folder} does not exist; pass --data-dir DIR or set "
-                     "PURIFY_DATA_DIR to the folder holding cifar10_test.npz and weights/")
-    try:
-        ds = load_dataset(cfg.data["dataset"], cfg.data["split"], data_dir=folder)
-    except PurifyError as e:
-        raise _error(cfg, "data.dataset", str(e)) from None
-    if "indices" in cfg.data:
-        indices = np.asarray(cfg.data["indices"], dtype=np.int64)
-        if indices.max() >= len(ds):
-            raise _error(cfg, "data.indices", f"index {int(indices.max())} out of range for the {len(ds)} images "
-                         f"of {cfg.data['dataset']} {cfg.data['split']}")
-    else:
-        if cfg.data["count"] > len(ds):
-            raise _error(cfg, "data.count", f"{cfg.data['count']} images asked for, {cfg.data['dataset']} "
-                         f"{cfg.data['split']} has {len(ds)}")
-        rng = np.random.default_rng(cfg.data["seed"])
-        indices = np.sort(rng.permutation(len(ds))[:cfg.data["count"]])
-    models = {}
-    for section, spec in sections.items():
-        try:
-            models[section] = create_model(spec["name"], pretrained=spec["pretrained"], data_dir=folder)
-        except PurifyError as e:
-            raise _error(cfg, f"{section}.pretrained", str(e)) from None
-        models[section] = models[section].to(dev).eval().requires_grad_(False)
+    check_registered_fit(cfg)          # before the data directory is looked at
+    ds, folder = load_images(cfg, data_dir)
+    indices, x, y = select(cfg, ds)
+    n_own = len(cfg.attacks) - len(worst_entries(cfg.worst, cfg.stages))
+    check_eps_scale(lambda key, msg: _error(cfg, key, msg), cfg.attacks, attack_keys(cfg.attacks, n_own),
+                    x[0].numel())        # L2 budgets against your images' size (L-inf: at parse time)
+    sections = ["model"] + (["substitute"] if cfg.substitute is not None else [])
+    models, identity = {}, {}
+    for section in sections:
+        models[section], identity[section] = load_classifier(cfg, section, folder, dev)
+        check_fit(cfg, section, models[section], ds, x, y, dev)
     classifier, attack_classifier = _with_head(cfg, models["model"], dev, len(ds.classes))
-    x, y = ds.tensors(indices)
-    base = base_key(cfg, indices)
+    user_data = None if "dataset" in cfg.data else {
+        "path": Path(cfg.data["path"]).name, "resize": cfg.data["resize"], "mode": cfg.data["mode"],
+        "images_sha256": images_sha256(x)}
+    base = base_key(cfg, indices, model=identity["model"], data=user_data)
     if cfg.head != "softmax":     # cells made with other head weights are recomputed, not reused
         base["model"]["head"]["sha256"] = classifier.head.sha256
     pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
@@ -177,9 +155,9 @@ def _with_head(cfg: RunConfig, model: torch.nn.Module, dev: torch.device,
         raise _error(cfg, "defense.head_params.artifact", f"the head has {head.num_classes} classes, "
                      f"{cfg.data['dataset']} has {num_classes}")
     backbone = head.meta.get("backbone")
-    if backbone is not None and backbone != cfg.model["name"]:
+    if backbone is not None and backbone != cfg.model.get("name"):
         raise _error(cfg, "defense.head_params.artifact", f"the head was built on {backbone} features, the config's "
-                     f"model is {cfg.model['name']}; use a head made for it")
+                     f"model is {cfg.model.get('name') or 'your own'}; use a head made for it")
     classifier = DefendedClassifier(None, model, head=head).eval()
     if cfg.attack_through == "head":
         return classifier, classifier
