@@ -13,25 +13,26 @@ Quickstart::
 
 from purify.api import purify
 from purify.dct import DCTQuantize, block_dct2d, block_idct2d, dct_matrix, dct_quantize
-from purify.errors import (ChecksumError, DataNotFoundError, DTypeError, NonDifferentiableError, PurifyError,
-                           RangeError, ShapeError, UnknownNameError)
+from purify.errors import (ChecksumError, DataNotFoundError, DeviceError, DTypeError, NonDifferentiableError,
+                           PurifyError, RangeError, ShapeError, UnknownNameError)
 from purify.gcln import GCLN, AttackDetector, CleaningGenerator, gcln_purify, load_generator
-from purify.pipeline import DefendedClassifier, Pipeline, Stage
+from purify.pipeline import DefendedClassifier, Pipeline, Stage, as_pipeline
 from purify.registry import PurifierSpec, create_purifier, get_purifier_spec, list_purifiers
 from purify.tv import DEFAULT_TV_ITERS, TVMinimize, bernoulli_mask, tv_minimize
+from purify.transforms import Purify
 from purify.tv_reference import total_variation, tv_objective
 from purify.wnll import TemplateSet, WNLLError, WNLLHead, wnll_interpolate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "purify",
+    "purify", "Purify",
     "tv_minimize", "TVMinimize", "bernoulli_mask", "DEFAULT_TV_ITERS", "tv_objective", "total_variation",
     "dct_quantize", "DCTQuantize", "dct_matrix", "block_dct2d", "block_idct2d",
     "gcln_purify", "GCLN", "CleaningGenerator", "AttackDetector", "load_generator",
-    "Pipeline", "Stage", "DefendedClassifier",
+    "Pipeline", "Stage", "DefendedClassifier", "as_pipeline",
     "PurifierSpec", "create_purifier", "get_purifier_spec", "list_purifiers",
     "PurifyError", "ShapeError", "RangeError", "DTypeError", "UnknownNameError", "ChecksumError",
-    "DataNotFoundError", "NonDifferentiableError",
+    "DataNotFoundError", "NonDifferentiableError", "DeviceError",
     "TemplateSet", "WNLLHead", "WNLLError", "wnll_interpolate",
 ]

@@ -101,12 +101,44 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def image(args: argparse.Namespace) -> int:
+def _read_image(path: str):
+    """Open an image for ``purify image``, in a mode purify() takes, keeping 16-bit grayscale at 16 bits.
+
+    16-bit grayscale PNGs open as ``I;16`` (``I`` in older Pillow, brought to ``I;16`` here, which PNG
+    can store); purify() reads them as 0..65535, so the output is a 16-bit PNG too. Converting them to
+    RGB, as every other mode is, would clip each value to 255: a white image. Pillow has no 16-bit
+    colour mode and reads 16-bit RGB(A) PNGs at 8 bits per channel; a warning says so.
+    """
     from PIL import Image
 
-    img = Image.open(args.input)
+    img = Image.open(path)
+    if img.mode == "I":
+        lo, hi = img.getextrema()
+        if 0 <= lo and hi <= 65535:
+            img = img.convert("I;16")
+        return img  # out of range: purify() refuses it and says how to scale it
+    if img.mode.startswith("I;16"):
+        return img
+    depth = _png_depth(path) if img.format == "PNG" else None
+    if depth is not None and depth[0] == 16:
+        console.warning(f"{path}: a 16-bit colour PNG; Pillow reads it at 8 bits per channel, so {img.mode} "
+                        "at 8 bits is purified and written")
     if img.mode not in ("L", "RGB", "RGBA"):
         img = img.convert("RGB")
+    return img
+
+
+def _png_depth(path: str) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk, which the format puts first."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def image(args: argparse.Namespace) -> int:
+    img = _read_image(args.input)
     gen = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     params = {"weight": args.weight, "drop_prob": args.drop_prob} if args.method == "tvm" else {"q": args.q}
     purify(img, args.method, device=args.device, generator=gen, **params).save(args.output)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from purify.errors import DTypeError, RangeError, ShapeError, UnknownNameError
+from purify.errors import DeviceError, DTypeError, RangeError, ShapeError, UnknownNameError
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -132,3 +132,65 @@ def check_generator(fn: str, generator: object, device: torch.device) -> torch.G
             f"create it with torch.Generator(device={device.type!r})"
         )
     return generator
+
+
+# Device types purify runs on; each has an availability check in available_devices().
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def available_devices() -> list[str]:
+    """The devices this process can run on, as strings: ``'cpu'``, then ``'cuda:N'``, ``'mps'``, ``'xpu:N'``.
+
+    Example:
+        >>> available_devices()[0]
+        'cpu'
+    """
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return found
+
+
+def check_device(fn: str, device: object, *, name: str = "device") -> torch.device:
+    """Parse ``device`` and check that this machine has it; raises DeviceError listing the ones it has.
+
+    ``'cuda'`` (no index) is accepted when any GPU is present; ``'cuda:N'`` needs GPU N.
+    """
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError) as err:
+        dev, error = None, err
+    if dev is not None and dev.type == "cpu":
+        return dev  # before listing the devices: a per-image transform calls this every time
+    available = available_devices()
+    listing = ", ".join(map(repr, available))
+    if dev is None:
+        raise DeviceError(f"{fn}: invalid {name} {device!r} ({error}); available on this machine: {listing}") from error
+    if dev.type not in _DEVICE_TYPES:
+        raise DeviceError(f"{fn}: unsupported {name} {device!r} (purify runs on {', '.join(_DEVICE_TYPES)}); "
+                          f"available on this machine: {listing}")
+    same_type = [a for a in available if a.split(":")[0] == dev.type]
+    if dev.index is None or dev.type == "mps":
+        present = bool(same_type) and (dev.index in (None, 0))
+    else:
+        present = f"{dev.type}:{dev.index}" in same_type
+    if not present:
+        if same_type:
+            why = f"{dev} is not present"
+        elif dev.type == "cuda":
+            build = "was built without CUDA" if torch.version.cuda is None else "finds no usable GPU"
+            why = f"CUDA is not available (torch {torch.__version__} {build})"
+        elif dev.type == "mps":
+            why = "MPS is not available (it needs Apple silicon and a torch build with MPS)"
+        else:
+            why = f"{dev.type.upper()} is not available"
+        default = " (or leave it None to pick CUDA when present)" if name == "device" else ""
+        raise DeviceError(f"{fn}: {name}={device!r} requested but {why}; available on this machine: {listing}; "
+                          f"use {name}='cpu'{default}")
+    return dev

@@ -14,14 +14,50 @@ Planes are independent, so ``prange`` spreads them over threads.
 
 The kernel computes exactly the iteration of :func:`purify.tv._pdhg_torch`
 (relaxed Chambolle-Pock, primal step first); a test keeps the two in agreement.
+
+Threading layer: numba picks its thread pool at the first parallel launch, by default TBB, else
+OpenMP. With GNU OpenMP (Linux) that pool makes every later ``fork()`` abort the child
+("fork() called from a process already using GNU OpenMP"), which kills fork-started DataLoader
+workers once TVM has run in the parent. :func:`choose_threading_layer` asks numba for a fork-safe
+layer instead (TBB when installed, else numba's own ``workqueue``); ``workqueue`` must not be
+entered by two Python threads at once, which the caller's launch lock (``purify.tv``) guarantees.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numba as nb
 import numpy as np
+
+# numba's name for "TBB if it loads, else workqueue" on Linux (OpenMP too where it is not GNU's).
+FORK_SAFE_LAYER = "forksafe"
+
+
+def choose_threading_layer() -> str | None:
+    """Ask numba for a fork-safe threading layer, unless one is running or the user chose one.
+
+    Must run before numba starts its threads (``numba.set_num_threads`` or the first parallel
+    launch); afterwards the layer is fixed for the life of the process and this does nothing.
+    A choice made with ``NUMBA_THREADING_LAYER``, a ``.numba_config.yaml`` or
+    ``numba.config.THREADING_LAYER`` is left alone.
+
+    Returns:
+        The layer name now requested from numba, or None when this call changed nothing.
+    Example:
+        >>> choose_threading_layer() in (None, "forksafe")
+        True
+    """
+    try:
+        nb.threading_layer()  # raises ValueError until the threads have been launched
+        return None
+    except ValueError:
+        pass
+    if os.environ.get("NUMBA_THREADING_LAYER") or str(nb.config.THREADING_LAYER).lower() != "default":
+        return None
+    nb.config.THREADING_LAYER = FORK_SAFE_LAYER
+    return FORK_SAFE_LAYER
 
 
 @nb.njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)

@@ -11,6 +11,10 @@ Checks run once: :meth:`Pipeline.forward` checks the batch, the generator and th
 then calls :meth:`Pipeline.run`, which calls each stage's unchecked core. Code that checked its
 input already (an attack loop, the server) calls ``run`` directly.
 
+:func:`as_pipeline` is the one place that turns what users write into a pipeline: a stage name,
+``(name, params)``, a registered stage's module (``TVMinimize(weight=0.1)``,
+``create_purifier("dct")``, kept as it is, weights and all), a list of those, or a ``Pipeline``.
+
 Example:
     >>> pipe = Pipeline.from_spec(["tvm", ("dct", {"q": 10})])
     >>> pipe.names, pipe.randomized, pipe.differentiable
@@ -31,12 +35,14 @@ from torch import Tensor, nn
 
 from purify._checks import check_generator, check_image_batch
 from purify.errors import DTypeError, PurifyError, ShapeError, UnknownNameError
-from purify.registry import PurifierSpec, check_stage_params, get_purifier_spec
+from purify.registry import PurifierSpec, check_stage_params, get_purifier_spec, list_purifiers
 
-__all__ = ["Stage", "Pipeline", "DefendedClassifier", "StageSpec", "Overrides"]
+__all__ = ["Stage", "Pipeline", "DefendedClassifier", "StageSpec", "StageLike", "Overrides", "as_pipeline"]
 
 # A stage as users write it: "tvm", or ("dct", {"q": 10}).
 StageSpec = Union[str, tuple[str, Mapping[str, Any]]]
+# ... or as a registered stage's module twin, e.g. TVMinimize(weight=0.1) or create_purifier("dct").
+StageLike = Union[StageSpec, nn.Module]
 # Per-sample settings: one mapping per stage, {parameter: float or (B,) tensor}.
 Overrides = Sequence[Mapping[str, Any]]
 
@@ -61,12 +67,16 @@ class Pipeline(nn.Module):
         overrides: one mapping per stage, values a float or a (B,) tensor (a TVM mask: (B, 1, H, W)).
     """
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], *, modules: Sequence[nn.Module] | None = None) -> None:
         super().__init__()
         if not stages:
             raise PurifyError("Pipeline: expected at least one stage, got none; e.g. Pipeline.from_spec(['tvm'])")
         self.stages = tuple(stages)
-        self.purifiers = nn.ModuleList(s.spec.module(**s.params) for s in self.stages)
+        if modules is None:
+            modules = [s.spec.module(**s.params) for s in self.stages]
+        elif len(modules) != len(self.stages):
+            raise ShapeError(f"Pipeline: expected one module per stage ({len(self.stages)}), got {len(modules)}")
+        self.purifiers = nn.ModuleList(modules)
 
     @classmethod
     def from_spec(cls, spec: StageSpec | Iterable[StageSpec]) -> "Pipeline":
@@ -166,11 +176,82 @@ class Pipeline(nn.Module):
         return ", ".join(f"{s.name}({', '.join(f'{k}={v!r}' for k, v in s.params.items())})" for s in self.stages)
 
 
+def as_pipeline(stages: StageLike | Iterable[StageLike] | Pipeline, *, fn: str = "as_pipeline") -> Pipeline:
+    """A :class:`Pipeline` from a stage name, ``(name, params)``, a registered stage's module, a list of
+    those (pipelines in the list are spliced in), or a ``Pipeline`` (returned as it is).
+
+    Modules are used as they are (their parameters, weights and device), not rebuilt; only the
+    twins of registered stages are accepted, because a pipeline calls their ``run`` protocol
+    (:mod:`purify.registry`).
+
+    Raises:
+        DTypeError (not a stage), UnknownNameError (unknown name or parameter), PurifyError (no stage)
+    Example:
+        >>> from purify.tv import TVMinimize
+        >>> as_pipeline(["tvm", TVMinimize(weight=0.1), ("dct", {"q": 8})]).names
+        ['tvm', 'tvm', 'dct']
+    """
+    if isinstance(stages, Pipeline):
+        return stages
+    items = [stages] if isinstance(stages, (str, tuple, nn.Module)) else None
+    if items is None:
+        try:
+            items = list(stages)  # type: ignore[arg-type]
+        except TypeError:
+            raise DTypeError(f"{fn}: expected a stage name, a (name, params) pair, a purifier module, a list of "
+                             f"those or a Pipeline, got {type(stages).__name__}; "
+                             "e.g. ['tvm', ('dct', {'q': 10})]") from None
+    if not items:
+        raise PurifyError(f"{fn}: expected at least one stage, got none; e.g. ['tvm']")
+    found: list[Stage] = []
+    modules: list[nn.Module] = []
+    for item in items:
+        if isinstance(item, Pipeline):
+            found += item.stages
+            modules += list(item.purifiers)
+        elif isinstance(item, nn.Module):
+            found.append(_stage_of(item, fn))
+            modules.append(item)
+        else:
+            stage = Pipeline.from_spec([item]).stages[0]  # checks names and parameters; refuses other types
+            found.append(stage)
+            modules.append(stage.spec.module(**stage.params))
+    return Pipeline(found, modules=modules)
+
+
+def _stage_of(module: nn.Module, fn: str) -> Stage:
+    """The registered stage a module twin belongs to, with its parameters that differ from the defaults."""
+    for name in list_purifiers():
+        spec = get_purifier_spec(name)
+        if type(module) is spec.module:
+            defaults = spec.defaults()
+            params = {p: getattr(module, p) for p in spec.params
+                      if p != "generator" and hasattr(module, p) and getattr(module, p) is not None
+                      and _differs(getattr(module, p), defaults[p])}
+            return Stage(spec, params)
+    twins = ", ".join(getattr(get_purifier_spec(n).module, "__name__", n) for n in list_purifiers())
+    raise DTypeError(f"{fn}: {type(module).__name__} is not a registered purification stage (those are {twins}); "
+                     "for your own module, put it in front of the classifier yourself, e.g. "
+                     "DefendedClassifier(None, nn.Sequential(my_stage, classifier))")
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if isinstance(value, Tensor) or isinstance(default, Tensor):
+        return value is not default
+    try:
+        return bool(value != default)
+    except Exception:  # an exotic value that cannot be compared: keep it in the description
+        return True
+
+
 class DefendedClassifier(nn.Module):
     """``classifier(pipeline(x))``: a classifier with purification in front, and optionally a WNLL head.
 
-    ``classifier`` takes [0, 1] images and returns logits (normalization belongs to it).
-    ``pipeline=None`` purifies nothing (an undefended model, e.g. to compare heads).
+    ``classifier`` takes [0, 1] images and returns logits (normalization belongs to it: wrap a
+    model trained on normalized inputs in :class:`purify.models.Normalized`).
+    ``pipeline`` is anything :func:`as_pipeline` takes: a stage name (``"tvm"``), ``(name, params)``,
+    a registered stage's module (``TVMinimize(weight=0.1)``, ``create_purifier("dct")``), a list of
+    those, or a :class:`Pipeline`; ``None`` purifies nothing (an undefended model, e.g. to compare heads).
     With ``head`` (a :class:`~purify.wnll.WNLLHead`), the classifier's softmax is replaced: its
     ``features(x)`` (B, D) go to the head, and the output is the log of the interpolated scores,
     which behaves like logits (argmax, softmax and cross-entropy give the head's label, scores
@@ -186,13 +267,18 @@ class DefendedClassifier(nn.Module):
         >>> clf = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
         >>> DefendedClassifier(Pipeline.from_spec("dct"), clf)(torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 10])
+        >>> DefendedClassifier(["tvm", ("dct", {"q": 10})], clf).pipeline.names
+        ['tvm', 'dct']
     """
 
-    def __init__(self, pipeline: Pipeline | None, classifier: nn.Module, head: nn.Module | None = None) -> None:
+    def __init__(self, pipeline: StageLike | Iterable[StageLike] | Pipeline | None, classifier: nn.Module,
+                 head: nn.Module | None = None) -> None:
         super().__init__()
-        if pipeline is not None and not isinstance(pipeline, Pipeline):
-            raise DTypeError(f"DefendedClassifier: expected pipeline to be a Pipeline or None, got "
-                             f"{type(pipeline).__name__}; build one with Pipeline.from_spec(['tvm'])")
+        fn = "DefendedClassifier"
+        if pipeline is not None and not isinstance(pipeline, (str, tuple, list, nn.Module)):
+            raise DTypeError(f"{fn}: expected pipeline to be a stage name, a (name, params) pair, a purifier module, "
+                             f"a list of those, a Pipeline or None, got {type(pipeline).__name__}; e.g. 'tvm'")
+        pipeline = None if pipeline is None else as_pipeline(pipeline, fn=fn)
         if head is not None and not callable(getattr(classifier, "features", None)):
             raise DTypeError(f"DefendedClassifier: a head needs the classifier's features, but "
                              f"{type(classifier).__name__} has no features(x) method; purify's models "

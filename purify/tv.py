@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 
 import torch
@@ -59,9 +60,15 @@ STEP_RATIO_SCALE = 0.4
 _MASK_MODES = ("pixel", "element")
 _BACKENDS = ("auto", "torch", "numba")
 _PER_SAMPLE = frozenset({"weight", "drop_prob", "mask"})
-# numba's default threading layer aborts the process when two Python threads launch a parallel
-# kernel at once (e.g. a threaded server). Launches are serialized; each launch is itself parallel.
+# numba's fork-safe 'workqueue' threading layer (chosen in _pdhg_numba when TBB is missing) aborts
+# the process when two Python threads launch a parallel kernel at once (e.g. the server's thread
+# pool). Launches are serialized; each launch is itself parallel.
 _NUMBA_LAUNCH = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    # Fork only between launches: a child forked mid-launch would inherit the lock held (a
+    # DataLoader worker would hang on its first TVM call) and the thread pool mid-job.
+    os.register_at_fork(before=_NUMBA_LAUNCH.acquire, after_in_parent=_NUMBA_LAUNCH.release,
+                        after_in_child=_NUMBA_LAUNCH.release)
 
 
 def bernoulli_mask(x: Tensor, drop_prob: float | Tensor, *, mask_mode: str = "pixel",
@@ -331,13 +338,16 @@ def _pdhg_numba(x: Tensor, keep: Tensor, tau: Tensor, sig: Tensor, lam: Tensor, 
         return t.detach().reshape(b, 1).expand(b, c).reshape(b * c).contiguous().numpy()
 
     with _NUMBA_LAUNCH:
+        # Before numba starts its threads: a fork-safe pool, so DataLoader workers forked after a
+        # TVM call in the parent survive (see purify._tv_numba).
+        kernel.choose_threading_layer()
         # Follow torch's thread setting, so one knob (torch.set_num_threads) controls both backends.
         torch_threads = torch.get_num_threads()
         numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
         z, _ = kernel.run_pdhg_planes(planes(x), planes(keep), per_plane(tau), per_plane(sig),
                                       per_plane(lam), rho=_RELAXATION, iters=iters, tol=tol)
-        # numba's OpenMP layer shares the OpenMP runtime with torch and resets its thread count to
-        # NUMBA_NUM_THREADS when it starts its pool; put torch's setting back.
+        # numba's OpenMP layer (when a user chooses it) shares the OpenMP runtime with torch and resets
+        # its thread count to NUMBA_NUM_THREADS when it starts its pool; put torch's setting back.
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
     return torch.from_numpy(z).reshape(b, c, h, w)

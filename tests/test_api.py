@@ -130,10 +130,12 @@ class TestErrors:
             purify(np.zeros((8, 8)), ["tvm"], weight=0.1)
 
     def test_bad_device(self):
-        with pytest.raises(DTypeError, match="device"):
+        from purify import DeviceError
+
+        with pytest.raises(DeviceError, match="device"):
             purify(np.zeros((8, 8)), device="tpu")
         if not torch.cuda.is_available():
-            with pytest.raises(DTypeError, match="CUDA is not available"):
+            with pytest.raises(DeviceError, match="CUDA is not available"):
                 purify(np.zeros((8, 8)), device="cuda")
 
     def test_error_classes_are_builtin_subclasses(self):

@@ -271,7 +271,7 @@ def test_defended_classifier_with_head():
     with pytest.raises(DTypeError, match="has no features"):
         DefendedClassifier(None, torch.nn.Sequential(torch.nn.Flatten()), head=head)
     with pytest.raises(DTypeError, match="Pipeline or None"):
-        DefendedClassifier("tvm", clf)
+        DefendedClassifier(42, clf)
 
 
 def test_transductive_queries_cut_off_from_the_templates_fall_back_to_inductive():
