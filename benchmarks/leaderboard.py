@@ -46,7 +46,8 @@ __all__ = ["Row", "load_leaderboard", "row_config", "measure_cost", "build_page"
 
 DEFAULT_SPEC = Path(__file__).resolve().parent / "leaderboard.toml"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "leaderboard"
-_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params", "dataset", "budgets", "reference", "attacks"}
+_ROW_KEYS = {"id", "name", "model", "stages", "head", "head_params", "dataset", "budgets", "reference", "attacks",
+             "retrofit"}
 _SETTING_KEYS = {"dataset", "split", "seed", "count_deterministic", "count_randomized", "batch_size", "budgets",
                  "worst", "transfer"}
 
@@ -67,6 +68,8 @@ class Row:
     #: Extra harness attack entries (without eps; the row's norm is filled in) that join the worst
     #: case, e.g. APGD with EOT over TVM's exact (unrolled-solver) gradient.
     attacks: tuple[dict[str, Any], ...] = ()
+    #: The model's ReLUs replaced (``[model] retrofit``), e.g. ``{activation = "jumprelu", kappa = 0.2}``.
+    retrofit: dict[str, Any] | None = None
 
     @property
     def randomized(self) -> bool:
@@ -98,7 +101,8 @@ def load_leaderboard(path: Path) -> tuple[dict[str, Any], list[Row]]:
         _check_budgets(path, f"rows[{i}].budgets", budgets)
         rows.append(Row(r["id"], r["name"], r["model"], tuple(r.get("stages", ())), r.get("head", "softmax"),
                         dict(r.get("head_params", {})), str(r.get("dataset", s.get("dataset", "cifar10"))),
-                        tuple(budgets), bool(r.get("reference", False)), tuple(r.get("attacks", ()))))
+                        tuple(budgets), bool(r.get("reference", False)), tuple(r.get("attacks", ())),
+                        dict(r["retrofit"]) if "retrofit" in r else None))
         for j, a in enumerate(r.get("attacks", ())):
             if not isinstance(a, dict) or not {"name", "id"} <= set(a) or "eps" in a:
                 raise ConfigError(f"{path}: rows[{i}].attacks[{j}]: expected a harness attack entry with name and id "
@@ -129,7 +133,7 @@ def row_config(settings: dict[str, Any], row: Row, budget: dict[str, Any]) -> di
         "batch_size": settings.get("batch_size", 100), "seed": settings.get("seed", 0),
         "data": {"dataset": row.dataset, "split": settings.get("split", "test"),
                  "count": count, "seed": settings.get("seed", 0)},
-        "model": {"name": row.model, "pretrained": True},
+        "model": {"name": row.model, "pretrained": True, **({"retrofit": row.retrofit} if row.retrofit else {})},
         "worst": {"norm": norm, "eps": [eps], **settings["worst"]},
     }
     if row.stages or row.head != "softmax":
@@ -187,13 +191,14 @@ def _available(row: Row, data_dir: str | None) -> str | None:
 
 
 def measure_cost(row: Row, *, threads: int, data_dir: str | None, batch: int = 64, repeats: int = 3) -> float:
-    """Milliseconds per image of the defense itself (its stages, and its head over the classifier's
-    features), batch ``batch``, median of ``repeats``; 0 for an undefended row."""
+    """Milliseconds per image of the defense itself (its stages, its head over the classifier's
+    features, and what a retrofit adds to the classifier's own time), batch ``batch``, median of
+    ``repeats``; 0 for an undefended row."""
     from purify.data import load_dataset
     from purify.models import create_model
     from purify.pipeline import Pipeline
 
-    if not row.stages and row.head == "softmax":
+    if not row.stages and row.head == "softmax" and not row.retrofit:
         return 0.0
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -206,17 +211,27 @@ def measure_cost(row: Row, *, threads: int, data_dir: str | None, batch: int = 6
             head = WNLLHead.load(row.head_params.get("artifact", "resnet56_wnll"), mode=row.head_params.get("mode"))
             with torch.inference_mode():
                 features = create_model(row.model, pretrained=True, data_dir=data_dir).features(x)
-        times = []
         gen = torch.Generator().manual_seed(0)
-        with torch.inference_mode():
-            for _ in range(repeats + 1):          # the first run warms caches and kernels up
-                t0 = time.perf_counter()
-                if pipeline is not None:
-                    pipeline.run(x, generator=gen)
-                if head is not None:
-                    head.log_scores(features)
-                times.append(time.perf_counter() - t0)
-        return 1000 * sorted(times[1:])[len(times[1:]) // 2] / batch
+
+        def median_ms(fn) -> float:
+            times = []
+            with torch.inference_mode():
+                for _ in range(repeats + 1):          # the first run warms caches and kernels up
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+            return 1000 * sorted(times[1:])[len(times[1:]) // 2] / batch
+
+        ms = 0.0
+        if pipeline is not None or head is not None:
+            ms += median_ms(lambda: (pipeline.run(x, generator=gen) if pipeline is not None else None,
+                                     head.log_scores(features) if head is not None else None))
+        if row.retrofit:
+            from purify.activations import retrofit
+            plain = create_model(row.model, pretrained=True, data_dir=data_dir).eval()
+            jumpy = retrofit(plain, **row.retrofit).eval()
+            ms += median_ms(lambda: jumpy(x)) - median_ms(lambda: plain(x))
+        return ms
     finally:
         torch.set_num_threads(before)
 
@@ -330,7 +345,7 @@ def _reading(done: list[dict[str, Any]], costs: dict[str, dict[str, float]]) -> 
     out = [f"The robust reference alone keeps {_pct(rw['accuracy'])} % [{_pct(rw['ci_low'])}, {_pct(rw['ci_high'])}] "
            f"under the worst case at {first}, with {_pct(ref['clean'])} % clean accuracy."]
     stacks = [r for r in done if r["row"].model == ref["row"].model and not r["row"].reference
-              and (r["row"].stages or r["row"].head != "softmax")]
+              and (r["row"].stages or r["row"].head != "softmax" or r["row"].retrofit)]
     for s in stacks:
         sw = s["budgets"][first]["worst"]
         verdict = ("beats it" if sw["ci_low"] > rw["ci_high"] else "falls below it" if sw["ci_high"] < rw["ci_low"]

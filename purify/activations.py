@@ -80,7 +80,10 @@ def jump_relu(z: Tensor, kappa: float | Tensor, *, backward: str = "exact") -> T
     """
     _check_tensor("jump_relu", z)
     check_choice("jump_relu", backward, name="backward", choices=_BACKWARDS)
-    out = torch.where(z > kappa, z, torch.zeros((), dtype=z.dtype, device=z.device))   # not z·mask: -0.0, NaN·0
+    if isinstance(kappa, Tensor):
+        out = torch.where(z > kappa, z, torch.zeros((), dtype=z.dtype, device=z.device))   # not z·mask: -0.0, NaN·0
+    else:
+        out = F.threshold(z, float(kappa), 0.0)       # one fused kernel: z where z > kappa, else 0
     if backward == "relu":
         relu = z.clamp_min(0)            # not F.relu: a retrofit's mode would redirect it here again
         out = relu + (out - relu).detach()

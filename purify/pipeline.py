@@ -248,7 +248,10 @@ class DefendedClassifier(nn.Module):
     """``classifier(pipeline(x))``: a classifier with purification in front, and optionally a WNLL head.
 
     ``classifier`` takes [0, 1] images and returns logits (normalization belongs to it: wrap a
-    model trained on normalized inputs in :class:`purify.models.Normalized`).
+    model trained on normalized inputs in :class:`purify.models.Normalized`), or is a registered
+    model's name (``"resnet56"``: :func:`purify.models.create_model` with its pretrained weights).
+    ``retrofit`` (e.g. ``{"activation": "jumprelu", "kappa": 0.1}``) replaces the classifier's ReLUs
+    by :func:`purify.activations.retrofit` (a copy; the module passed in is left as it is).
     ``pipeline`` is anything :func:`as_pipeline` takes: a stage name (``"tvm"``), ``(name, params)``,
     a registered stage's module (``TVMinimize(weight=0.1)``, ``create_purifier("dct")``), a list of
     those, or a :class:`Pipeline`; ``None`` purifies nothing (an undefended model, e.g. to compare heads).
@@ -269,12 +272,27 @@ class DefendedClassifier(nn.Module):
         torch.Size([2, 10])
         >>> DefendedClassifier(["tvm", ("dct", {"q": 10})], clf).pipeline.names
         ['tvm', 'dct']
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10), nn.ReLU())
+        >>> DefendedClassifier("dct", net, retrofit={"activation": "jumprelu", "kappa": 0.1}).classifier.activation
+        JumpReLU(kappa=0.1)
     """
 
-    def __init__(self, pipeline: StageLike | Iterable[StageLike] | Pipeline | None, classifier: nn.Module,
-                 head: nn.Module | None = None) -> None:
+    def __init__(self, pipeline: StageLike | Iterable[StageLike] | Pipeline | None, classifier: nn.Module | str,
+                 head: nn.Module | None = None, *, retrofit: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         fn = "DefendedClassifier"
+        if isinstance(classifier, str):
+            from purify.models import create_model
+            classifier = create_model(classifier, pretrained=True)
+        if not isinstance(classifier, nn.Module):
+            raise DTypeError(f"{fn}: expected classifier to be an nn.Module or a registered model name, "
+                             f"got {type(classifier).__name__}")
+        if retrofit is not None:
+            from purify.activations import retrofit as retrofit_
+            if not isinstance(retrofit, Mapping) or "activation" not in retrofit:
+                raise DTypeError(f"{fn}: expected retrofit to be a mapping with an 'activation' and its parameters, "
+                                 f"e.g. {{'activation': 'jumprelu', 'kappa': 0.1}}; got {retrofit!r}")
+            classifier = retrofit_(classifier, **dict(retrofit))
         if pipeline is not None and not isinstance(pipeline, (str, tuple, list, nn.Module)):
             raise DTypeError(f"{fn}: expected pipeline to be a stage name, a (name, params) pair, a purifier module, "
                              f"a list of those, a Pipeline or None, got {type(pipeline).__name__}; e.g. 'tvm'")

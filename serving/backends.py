@@ -134,6 +134,12 @@ def build_defended_model(cfg: ServeConfig) -> tuple[DefendedClassifier, tuple[st
             clf = create_model(cfg.registry, pretrained=True, weights_path=cfg.weights, data_dir=cfg.data_dir)
         except (PurifyError, OSError) as err:
             raise ConfigError(f"{cfg.source}: classifier: cannot load {cfg.registry!r}: {err}") from err
+    if cfg.retrofit is not None:
+        from purify.activations import retrofit
+        try:
+            clf = retrofit(clf, **cfg.retrofit)
+        except PurifyError as err:
+            raise ConfigError(f"{cfg.source}: classifier.retrofit: {err}") from err
     if cfg.head.type == "wnll" and not callable(getattr(clf, "features", None)):
         raise ConfigError(f"{cfg.source}: head.type: 'wnll' labels by the classifier's features, and this "
                           "classifier has no features(x) method; use type = 'softmax'")

@@ -18,6 +18,8 @@ A complete file (``serving/default.toml`` is the built-in default)::
     # onnx = "defended.onnx"             # a graph written by `purify-export` (whole defended model)
     # weights_sha256 = "<64 hex>"        # optional pins, checked before loading (serving/integrity.py)
     # onnx_sha256 = "<64 hex>"
+    # retrofit = { activation = "jumprelu", kappa = 0.1 }   # replace the classifier's ReLUs (registry /
+    #                                    # factory; purify.activations: jumprelu, random_jumprelu, bounded_relu)
 
     [input]
     name = "images"
@@ -152,6 +154,7 @@ class ServeConfig:
     onnx: Path | None = None
     weights_sha256: str | None = None           # lower-case hex; checked before loading
     onnx_sha256: str | None = None
+    retrofit: Mapping[str, Any] | None = None   # {"activation": ..., its parameters}: purify.activations.retrofit
     input: InputSpec = field(default_factory=InputSpec)
     stages: tuple[StageConfig, ...] = ()
     request_params: Mapping[str, RequestParam] = field(default_factory=dict)
@@ -271,7 +274,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
     version = top.str("version", "1")
 
     clf = _Table(source, "classifier", data.get("classifier", {}),
-                 ("registry", "factory", "weights", "data_dir", "onnx", "weights_sha256", "onnx_sha256"))
+                 ("registry", "factory", "weights", "data_dir", "onnx", "weights_sha256", "onnx_sha256", "retrofit"))
     registry, factory, onnx = clf.str("registry"), clf.str("factory"), clf.path_("onnx", base)
     if sum(v is not None for v in (registry, factory, onnx)) != 1:
         clf.fail("", "expected exactly one of registry = '<purify model name>', factory = '<module:function>' "
@@ -286,6 +289,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         clf.fail("weights", "applies to a registry or factory classifier only")
     if clf.data.get("data_dir") is not None and registry is None:
         clf.fail("data_dir", "applies to a registry classifier only")
+    retrofit = _retrofit(clf, onnx is not None)
     pins = {}
     for key, pinned in (("weights_sha256", "weights"), ("onnx_sha256", "onnx")):
         value = clf.str(key)
@@ -336,8 +340,29 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>", base: Pat
         be.fail("type", "an onnx classifier needs type = 'onnxruntime'")
     return ServeConfig(name=name, version=version, source=source, registry=registry, factory=factory,
                        weights=clf.path_("weights", base), data_dir=clf.path_("data_dir", base), onnx=onnx, **pins,
+                       retrofit=retrofit,
                        input=input_spec, stages=stages, request_params=request_params, head=head,
                        outputs=outputs, batching=batching, backend=backend)
+
+
+def _retrofit(clf: "_Table", is_onnx: bool) -> dict[str, Any] | None:
+    """``classifier.retrofit``: an activation name and its parameters, checked by building the activation."""
+    raw = clf.data.get("retrofit")
+    if raw is None:
+        return None
+    if is_onnx:
+        clf.fail("retrofit", "applies to a registry or factory classifier (an ONNX graph is already built)")
+    if not isinstance(raw, Mapping) or "activation" not in raw:
+        clf.fail("retrofit", f"expected {{ activation = 'jumprelu', kappa = ... }}, got {raw!r}")
+    from purify.activations import make_activation
+    from purify.errors import PurifyError
+
+    params = {k: v for k, v in raw.items() if k != "activation"}
+    try:
+        make_activation(raw["activation"], **params)
+    except PurifyError as err:
+        clf.fail("retrofit", str(err))
+    return dict(raw)
 
 
 def _stages(source: str, raw: object) -> tuple[StageConfig, ...]:

@@ -26,6 +26,8 @@ with, optionally::
     onnx_sha256 = "<64 hex>"
     mean = [0.485, 0.456, 0.406]   # the model expects (x - mean) / std: it is wrapped in
     std = [0.229, 0.224, 0.225]    #   purify.models.Normalized, so attacks and defenses work on [0, 1] pixels
+    retrofit = { activation = "jumprelu", kappa = 0.2 }   # its ReLUs replaced (purify.activations.retrofit);
+                                   #   backward = "relu" makes every gradient attack BPDA through JumpReLU
 
 ``[substitute]`` takes a ``name`` (built in, or registered with ``register_model``) and ``pretrained``.
 
@@ -54,7 +56,8 @@ __all__ = ["DATA_KEYS", "MODEL_KEYS", "parse_data", "parse_model", "parse_regist
            "attack_keys", "check_eps_scale", "check_onnx_attacks"]
 
 DATA_KEYS = {"dataset", "split", "count", "seed", "indices", "path", "resize", "mode"}
-MODEL_KEYS = {"name", "pretrained", "factory", "onnx", "weights", "weights_sha256", "onnx_sha256", "mean", "std"}
+MODEL_KEYS = {"name", "pretrained", "factory", "onnx", "weights", "weights_sha256", "onnx_sha256", "mean", "std",
+              "retrofit"}
 _REGISTERED_KEYS = {"name", "pretrained"}
 
 
@@ -162,7 +165,28 @@ def parse_model(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
         raise ctx.error(f"model.{'std' if 'mean' in t else 'mean'}", "missing: model.mean and model.std go together")
     if "mean" in t:
         _parse_normalization(ctx, t, out)
+    if "retrofit" in t:
+        out["retrofit"] = _parse_retrofit(ctx, t["retrofit"], onnx="onnx" in t)
     return out
+
+
+def _parse_retrofit(ctx: Ctx, raw: Any, *, onnx: bool) -> dict[str, Any]:
+    """``model.retrofit``: an activation of :mod:`purify.activations` and its parameters, checked by building it."""
+    from purify.activations import make_activation
+    from purify.errors import PurifyError
+
+    if onnx:
+        raise ctx.error("model.retrofit", "applies to a name or factory model (an ONNX graph is already built)")
+    if not isinstance(raw, dict) or "activation" not in raw:
+        raise ctx.error("model.retrofit", f"expected {{ activation = \"jumprelu\", kappa = ... }}, got {raw!r}")
+    try:
+        make_activation(raw["activation"], **{k: v for k, v in raw.items() if k != "activation"})
+    except PurifyError as e:
+        raise ctx.error("model.retrofit", str(e)) from None
+    if raw["activation"] == "random_jumprelu":
+        raise ctx.error("model.retrofit", "a randomized classifier is not evaluated by the harness (its draws would "
+                        "need EOT on the model itself); benchmarks/jumprelu.py measures random_jumprelu")
+    return dict(raw)
 
 
 def _parse_normalization(ctx: Ctx, t: dict[str, Any], out: dict[str, Any]) -> None:

@@ -132,6 +132,9 @@ def load_classifier(cfg: RunConfig, section: str, folder: Path, dev: torch.devic
         raise _error(cfg, f"{section}.pretrained" if "name" in spec else section, msg) from None
     if "mean" in spec:
         model = Normalized(model, spec["mean"], spec["std"])
+    if "retrofit" in spec:        # in the identity too: a retrofitted model's cells are its own
+        from purify.activations import retrofit
+        model = retrofit(model, **spec["retrofit"])
     return model.to(dev).eval().requires_grad_(False), identity
 
 
@@ -198,7 +201,12 @@ def describe_model(spec: dict[str, Any]) -> str:
         text = f"ONNX {Path(spec['onnx']).name}"
     else:
         text = f"{spec['name']} (pretrained={spec['pretrained']})"
-    return text + (f", normalized with mean {spec['mean']} / std {spec['std']}" if "mean" in spec else "")
+    text += f", normalized with mean {spec['mean']} / std {spec['std']}" if "mean" in spec else ""
+    if "retrofit" in spec:
+        r = spec["retrofit"]
+        text += f", ReLUs retrofitted as {r['activation']}(" + ", ".join(
+            f"{k}={v}" for k, v in r.items() if k != "activation") + ")"
+    return text
 
 
 def describe_data(data: dict[str, Any], shape: tuple[int, ...]) -> str:

@@ -65,6 +65,9 @@ def test_the_bundled_spec_makes_valid_configs(tmp_path):
             assert cfg.data["count"] == (200 if row.randomized else 500)
             assert cfg.data["dataset"] == row.dataset
     assert [b["eps"] for b in next(r for r in rows if r.id == "mnist-robust").budgets] == [0.3]
+    # The JumpReLU rows retrofit their model, with BPDA through it.
+    jr = load_config(tmp_path / "jumprelu-linf.toml")
+    assert jr.model["retrofit"] == {"activation": "jumprelu", "kappa": 0.2, "backward": "relu"}
     # The TVM rows add EOT over the exact gradient to the ensemble, at each budget's norm.
     tvm = next(r for r in rows if r.id == "tvm")
     for b in tvm.budgets:
