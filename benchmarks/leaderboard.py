@@ -312,6 +312,13 @@ def build_page(out: Path, settings: dict[str, Any], rows: list[Row], pending: di
     lines += ["", "## Reading", ""]
     for ds in datasets:
         lines += [f"{_DATASET_TITLES.get(ds, ds)}:", "", *_reading([r for r in done if r["row"].dataset == ds], costs), ""]
+    flagged = [(r["row"], b["norm"], f) for r in done for b in r["row"].budgets
+               for f in r["budgets"][b["norm"]]["flags"] if f["status"] == "FLAG"]
+    if flagged:
+        lines += ["Sanity flags, with their evidence (a flag says an attack in the ensemble is weaker than it should "
+                  "be there; the worst case still takes the strongest cell):", ""]
+        lines += [f"- {row.name}, {norm}: {f['check']}: {f['evidence']}" for row, norm, f in flagged]
+        lines += [""]
     lines += ["Each row's report (every cell, the flags' evidence): `benchmarks/results/leaderboard/<row>-<norm>/"
               "report.md`; its config: `benchmarks/results/leaderboard/configs/`.", "", "![robust vs clean](leaderboard.png)", ""]
     _plot(done, datasets, out.parent / "leaderboard.png")

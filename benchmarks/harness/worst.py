@@ -252,10 +252,11 @@ def sanity_flags(cfg, rows: list[dict[str, Any]], worst: list[dict[str, Any]]) -
         by_id.setdefault(r["attack"], []).append(r)
     large = by_id.get("sanity-large-eps", [])
     if large:
-        acc = min(r["accuracy"] for r in large)
+        best = min(large, key=lambda r: r["accuracy"])
+        acc = best["accuracy"]
         flags.append({"check": f"accuracy reaches ~0 at a large eps ({w.sanity_eps.label})",
                       "status": "ok" if acc <= LARGE_EPS_MAX_ACCURACY else "FLAG",
-                      "evidence": f"APGD-CE at {w.sanity_eps.label}: {100 * acc:.1f} % (limit "
+                      "evidence": f"APGD-CE ({best['threat_model']}) at {w.sanity_eps.label}: {100 * acc:.1f} % (limit "
                                   f"{100 * LARGE_EPS_MAX_ACCURACY:.0f} %); a defense that keeps images at such a "
                                   "budget is masking gradients or the attack is broken"})
     else:
