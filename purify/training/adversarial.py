@@ -48,7 +48,8 @@ from purify.models.lenet import MNIST_MEAN, MNIST_STD
 from purify.models.normalize import Normalized
 from purify.models.trained import ARTIFACT_FORMAT, build_network, load_trained
 from purify.training._logging import training_log
-from purify.training.recipes import RECIPES, make_recipe, parse_fraction
+from purify.models import create_model
+from purify.training.recipes import RECIPES, TVM_REGIMES, TVMAugment, make_recipe, parse_fraction
 from purify.training.trainer import SCHEDULES, TrainConfig, evaluate, fit
 
 __all__ = ["DATASETS", "MODELS", "main"]
@@ -68,9 +69,12 @@ DATASETS: dict[str, dict[str, Any]] = {
     "mnist": {"mean": MNIST_MEAN, "std": MNIST_STD, "augment": "none", "input_size": [1, 28, 28], "lr": 0.05,
               "peak": 0.4, "val_iters": 40, "val_step": 0.01, "test_iters": "40,100", "test_step": 0.01},
 }
+#: ``--init-from`` names that are pretrained registry checkpoints rather than trained artifacts.
+_REGISTRY_INIT = ("resnet20", "resnet56")
 #: ``--model`` -> (architecture record for :func:`purify.models.trained.build_network`, its dataset).
 MODELS: dict[str, tuple[dict[str, Any], str]] = {
     "resnet20": ({"type": "CifarResNet", "depth": 20, "num_classes": 10}, "cifar10"),
+    "resnet56": ({"type": "CifarResNet", "depth": 56, "num_classes": 10}, "cifar10"),
     "lenet5": ({"type": "LeNet5", "num_classes": 10, "in_channels": 1}, "mnist"),
 }
 
@@ -112,7 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     a("--test-step", default=None, help="step of the test PGD (default: eps/4 CIFAR-10, 0.01 MNIST)")
     a("--train-count", type=int, default=None, help="smoke runs: the first N training images (default: all)")
     a("--init-from", default=None, help="start from the weights of a trained artifact of the same architecture "
-      "(a shipped name or a path), e.g. one trained at a smaller eps (a curriculum)")
+      "(a shipped name or a path), e.g. one trained at a smaller eps (a curriculum), or of a pretrained "
+      "registry model (resnet20, resnet56: fine-tuning keeps that checkpoint's input normalization)")
+    a("--tvm-regime", choices=("none", *TVM_REGIMES), default="none",
+      help="train on TVM-purified images ('tvm') or on the images and their purified copies ('both'), fresh "
+           "masks every batch (the WNLL/TVM paper's data regimes)")
+    a("--tvm-weight", type=float, default=0.1, help="TVM weight of --tvm-regime")
+    a("--tvm-drop", type=float, default=0.3, help="TVM drop probability of --tvm-regime")
     a("--seed", type=int, default=0)
     a("--out", required=True, help="artifact path without extension, e.g. purify/weights/lenet5_mnist_at")
     a("--checkpoint", default=None, help="checkpoint file (default: <cache>/adversarial_runs/<out name>-<hash>.pt)")
@@ -162,9 +172,18 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     train = _uint8_nchw(train_ds, args.train_count)
     val = _uint8_nchw(load_dataset(args.dataset, "val", data_dir=args.data_dir), args.val_count)
     torch.manual_seed(args.seed)                      # the initial weights
-    model = Normalized(build_network(arch), mean=ds_cfg["mean"], std=ds_cfg["std"]).to(device)
+    mean, std = ds_cfg["mean"], ds_cfg["std"]
+    registry_init = args.init_from in _REGISTRY_INIT
+    if registry_init:       # a public checkpoint expects its own normalization: keep it
+        source = create_model(args.init_from, pretrained=True, data_dir=args.data_dir)
+        mean, std = source.pretrained_cfg.mean, source.pretrained_cfg.std
+    model = Normalized(build_network(arch), mean=mean, std=std).to(device)
     init_from = None
-    if args.init_from:
+    if registry_init:
+        model.model.load_state_dict(source.model.state_dict())     # another architecture fails here
+        init_from = {"registry": args.init_from, "sha256": source.pretrained_cfg.sha256}
+        log.info("starting from the pretrained %s (sha256 %s)", args.init_from, source.pretrained_cfg.sha256[:12])
+    elif args.init_from:
         where = Path(args.init_from)                    # a shipped name, or a path with or without .json
         source = load_trained(where.with_suffix("").name if where.suffix == ".json" else where.name,
                               weights_dir=where.parent if where.parent.parts else None)   # sha256 checked
@@ -175,6 +194,8 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
         log.info("starting from %s (sha256 %s, recipe %s)", args.init_from, raw["sha256"][:12], raw.get("recipe"))
     recipe = make_recipe(args.recipe, eps=eps, step=args.pgd_step_value, iters=args.pgd_iters,
                          alpha=args.alpha_value)
+    if args.tvm_regime != "none":
+        recipe = TVMAugment(recipe, regime=args.tvm_regime, weight=args.tvm_weight, drop_prob=args.tvm_drop)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or ds_cfg["lr"],
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                       peak=args.peak or ds_cfg["peak"], augment=ds_cfg["augment"], seed=args.seed,
@@ -202,7 +223,7 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     n_train_full = len(train_ds) + VAL_SIZE
     config = {
         "format": ARTIFACT_FORMAT, "name": out.name, "arch": arch, "dataset": args.dataset,
-        "input_size": ds_cfg["input_size"], "mean": list(ds_cfg["mean"]), "std": list(ds_cfg["std"]),
+        "input_size": ds_cfg["input_size"], "mean": list(mean), "std": list(std),
         "classes": list(train_ds.classes), "recipe": recipe.config(), "eps": eps, "eps_text": args.eps,
         "command": command,
         "data": {"train": f"'train' split: the first {len(train_ds):,} of the {n_train_full:,} training images"
