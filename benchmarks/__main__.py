@@ -6,8 +6,9 @@
                              [--device D] [--threads N] [--cache-dir DIR]
 
 ``list`` shows the bundled configs of ``benchmarks/configs``; ``run`` runs one and writes
-``cells.csv``, ``report.md``, ``accuracy_vs_eps.png`` and ``examples.png`` to
-``benchmarks/results/<name>/`` (``<out>-quick`` with ``--quick``). Finished cells are cached under
+``cells.csv``, ``report.md``, ``accuracy_vs_eps.png`` and ``examples.png`` (the plots need matplotlib;
+without it the report says so) to ``benchmarks/results/<name>/`` under the working directory, or
+``--out`` (``<out>-quick`` with ``--quick``). Finished cells are cached under
 ``<cache-dir>/<config name>/`` (default ``~/.cache/purify/cells/<config name>/``; ``$PURIFY_CACHE_DIR``
 moves it), keyed by everything their numbers depend on, so an interrupted run picks up where it stopped.
 
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config value before it is checked, e.g. --set data.count=200 or "
                         "--set defense.stages.0.params.q=5 (repeatable; VALUE is TOML, else a string)")
     r.add_argument("--data-dir", default=None, help="folder with the datasets and weights/ (default: $PURIFY_DATA_DIR)")
-    r.add_argument("--out", default=None, help="results folder (default: benchmarks/results/<config name>)")
+    r.add_argument("--out", default=None,
+                   help="results folder (default: benchmarks/results/<config name> under the working directory)")
     r.add_argument("--device", default=None, help="'auto', 'cpu' or 'cuda[:N]' (default: the config's)")
     r.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads(N) (default: torch's choice; on a CPU shared with busy processes 1 "
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{len(result.computed)} cells computed, {len(result.cached)} cached; {result.wall_s:.1f} s; "
-          f"wrote {result.out_dir}/ (cells.csv, report.md, accuracy_vs_eps.png, examples.png)")
+          f"wrote {result.out_dir}/ ({', '.join(result.files)})"
+          + (f"; no plots: {result.plots_missing}" if result.plots_missing else ""))
     return 0
 
 

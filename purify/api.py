@@ -67,7 +67,8 @@ def purify(x: Any, /, method: StageLike | Iterable[StageLike] | Pipeline = "tvm"
         seed: instead of ``generator``: derive each image's randomness from ``seed`` and the
             image itself (the module docstring says how), so equal images give equal outputs.
         **params: the stage's keyword parameters when ``method`` is a single name,
-            e.g. ``purify(x, "tvm", weight=0.05)``.
+            e.g. ``purify(x, "tvm", weight=0.05)``; the rest keep the stage's defaults (TVM: weight
+            0.1, drop_prob 0.3, chosen on validation images: :data:`purify.tv.DEFAULT_TV_WEIGHT`).
 
     Raises:
         ShapeError, RangeError, DTypeError, UnknownNameError, DeviceError

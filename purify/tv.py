@@ -49,11 +49,19 @@ from purify._checks import (check_choice, check_float, check_generator, check_im
                             per_sample)
 from purify.errors import DTypeError, RangeError, ShapeError, UnknownNameError
 
-__all__ = ["tv_minimize", "TVMinimize", "bernoulli_mask", "check_mask", "DEFAULT_TV_ITERS"]
+__all__ = ["tv_minimize", "TVMinimize", "bernoulli_mask", "check_mask", "set_threads", "DEFAULT_TV_ITERS",
+           "DEFAULT_TV_WEIGHT", "DEFAULT_DROP_PROB"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TV_ITERS = 160
+#: TVM's default TV weight and drop rate, the library's one setting (purify(), the CLI, the server's
+#: default config, the harness's configs): the best of 20 (drop rate, weight) pairs on 500 CIFAR-10
+#: validation images, scored on clean accuracy and four transfer attacks
+#: (``benchmarks/results/tvm_selection.md``, ``python -m benchmarks.select_tvm``). Its price on the
+#: test set: ResNet-56 93.0 -> 73.8 % clean accuracy (``benchmarks/results/wnll_tvm_table2/report.md``).
+DEFAULT_TV_WEIGHT = 0.1
+DEFAULT_DROP_PROB = 0.3
 _RELAXATION = 1.9
 # Step-size ratio r = STEP_RATIO_SCALE / keep_fraction * (0.03 / weight); see the module docstring.
 STEP_RATIO_SCALE = 0.4
@@ -101,7 +109,8 @@ def _draw_mask(x: Tensor, p: Tensor, mask_mode: str, generator: torch.Generator 
     return (u < p.detach().float()).to(x.dtype)
 
 
-def tv_minimize(x: Tensor, /, *, weight: float | Tensor = 0.03, drop_prob: float | Tensor = 0.5,
+def tv_minimize(x: Tensor, /, *, weight: float | Tensor = DEFAULT_TV_WEIGHT,
+                drop_prob: float | Tensor = DEFAULT_DROP_PROB,
                 mask: Tensor | None = None, mask_mode: str = "pixel", iters: int = DEFAULT_TV_ITERS,
                 tol: float | None = None, generator: torch.Generator | None = None,
                 backend: str = "auto") -> Tensor:
@@ -109,9 +118,10 @@ def tv_minimize(x: Tensor, /, *, weight: float | Tensor = 0.03, drop_prob: float
 
     Args:
         x: images in [0, 1].
-        weight: TV weight lambda, a float or one value per image, >= 0.
+        weight: TV weight lambda, a float or one value per image, >= 0 (default 0.1, chosen on
+            validation images with ``drop_prob`` 0.3: see :data:`DEFAULT_TV_WEIGHT`).
         drop_prob: probability that a pixel is dropped (float or per image, in [0, 1]);
-            ignored when ``mask`` is given.
+            ignored when ``mask`` is given. At 1 every pixel is dropped and each channel comes out flat.
         mask: fixed drop mask, 1 = dropped; overrides the random draw.
         mask_mode: ``"pixel"`` (drop all channels of a pixel together) or ``"element"``.
         iters: number of primal-dual iterations (the maximum when ``tol`` is set).
@@ -353,6 +363,37 @@ def _pdhg_numba(x: Tensor, keep: Tensor, tau: Tensor, sig: Tensor, lam: Tensor, 
     return torch.from_numpy(z).reshape(b, c, h, w)
 
 
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads in torch and in the TV solver's numba kernel: one setting for both.
+
+    Sets ``torch.set_num_threads(n)``, which the kernel follows at every launch, and numba's own
+    count (capped at ``NUMBA_NUM_THREADS``) after asking numba for its fork-safe threading layer
+    (:func:`purify._tv_numba.choose_threading_layer`). On a machine whose cores are busy with other
+    processes, fewer threads than cores is often much faster (README, "Threads").
+
+    Raises:
+        DTypeError, RangeError: ``n`` is not an int >= 1.
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> set_threads(1); torch.get_num_threads()
+        1
+        >>> set_threads(before)
+    """
+    check_int("set_threads", n, name="n", low=1)
+    torch.set_num_threads(n)
+    kernel = _numba_kernel()
+    if kernel is None:
+        return
+    import numba
+
+    with _NUMBA_LAUNCH:
+        kernel.choose_threading_layer()
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        # numba's OpenMP layer, when a user chose it, resets the shared OpenMP runtime as it starts.
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 class TVMinimize(nn.Module):
     """Module twin of :func:`tv_minimize`; ``forward`` only calls the function.
 
@@ -363,7 +404,7 @@ class TVMinimize(nn.Module):
         torch.Size([1, 3, 16, 16])
     """
 
-    def __init__(self, *, weight: float | Tensor = 0.03, drop_prob: float | Tensor = 0.5,
+    def __init__(self, *, weight: float | Tensor = DEFAULT_TV_WEIGHT, drop_prob: float | Tensor = DEFAULT_DROP_PROB,
                  mask: Tensor | None = None, mask_mode: str = "pixel", iters: int = DEFAULT_TV_ITERS,
                  tol: float | None = None, generator: torch.Generator | None = None,
                  backend: str = "auto") -> None:

@@ -3,6 +3,7 @@
     purify-serve                                # the built-in default (serving/default.toml), 127.0.0.1:8000
     purify-serve --config model.toml            # a user's model (repeat --config for several)
     purify-serve --config model.toml --port 0   # any free port; the chosen one is logged
+    purify-serve --threads 2                    # CPU threads of every model (torch, TV kernel, ONNX Runtime)
 
 The server binds 127.0.0.1 unless ``--host`` says otherwise. Configs are validated and models
 loaded before the port opens; a bad config exits with status 2 and a message naming the field.
@@ -29,7 +30,8 @@ import socket
 import sys
 
 from purify.errors import PurifyError
-from serving.config import DEFAULT_CONFIG, load_config
+from purify.tv import set_threads
+from serving.config import DEFAULT_CONFIG, ServeConfig, load_config
 from serving.limits import ServerLimits, ServerSettings, load_server_config
 
 __all__ = ["main", "build_parser", "bind_socket"]
@@ -83,8 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(else $PURIFY_SERVE_TOKEN, else [auth] token_file; none: no authentication)")
     p.add_argument("--auth-scope", choices=("api", "all"), default=None,
                    help="api (default): inference, models and repository; all: health, /v2 and /metrics too")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of every model, replacing each config's backend.threads (torch and the TV "
+                        "kernel: purify.tv.set_threads; ONNX Runtime's intra-op threads); default: the configs'")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
+
+
+def with_threads(cfg: ServeConfig, threads: int | None) -> ServeConfig:
+    """``cfg`` with ``backend.threads`` replaced by ``--threads`` (unchanged when None).
+
+    Example:
+        >>> from serving.config import load_config, DEFAULT_CONFIG
+        >>> with_threads(load_config(DEFAULT_CONFIG), 2).backend.threads
+        2
+    """
+    if threads is None:
+        return cfg
+    return dataclasses.replace(cfg, backend=dataclasses.replace(cfg.backend, threads=threads))
 
 
 def server_settings(args: argparse.Namespace) -> ServerSettings:
@@ -108,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     from serving.integrity import load_token
     from serving.limits import make_server
 
+    if args.threads is not None and args.threads < 1:
+        log.error("purify-serve: --threads must be >= 1, got %d", args.threads)
+        return 2
     try:
         settings = server_settings(args)
         auth = load_token(settings.auth_token_file, scope=settings.auth_scope)
-        configs = [load_config(path) for path in (args.config or [DEFAULT_CONFIG])]
+        configs = [with_threads(load_config(path), args.threads) for path in (args.config or [DEFAULT_CONFIG])]
+        if args.threads is not None:
+            set_threads(args.threads)
         app = create_app(configs, limits=settings.limits, auth=auth)
     except (PurifyError, OSError, ValueError) as err:
         log.error("purify-serve: %s", err)

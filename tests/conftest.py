@@ -64,7 +64,7 @@ def _find_data_dir() -> Path | None:
     candidates.append(REPO_ROOT.parent / "shared" / "data")
     for c in candidates:
         if (c / "cifar10_test.npz").is_file():
-            return c
+            return c.resolve()          # absolute: tests that chdir keep finding it
     return None
 
 

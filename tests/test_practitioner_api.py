@@ -184,10 +184,11 @@ class TestDefendedClassifierInputs:
         assert torch.equal(model(x, _gen()), clf(Pipeline.from_spec(spec)(x, _gen())))
 
     def test_module_is_used_as_it_is(self):
-        stage = TVMinimize(weight=0.1, drop_prob=0.3)
+        # Not the defaults (0.1 / 0.3): the stage records only the settings that differ from them.
+        stage = TVMinimize(weight=0.05, drop_prob=0.4)
         model = DefendedClassifier(stage, _clf())
         assert model.pipeline.purifiers[0] is stage
-        assert dict(model.pipeline.stages[0].params) == {"weight": 0.1, "drop_prob": 0.3}
+        assert dict(model.pipeline.stages[0].params) == {"weight": 0.05, "drop_prob": 0.4}
 
     def test_unregistered_module_is_refused(self):
         with pytest.raises(DTypeError, match="not a registered purification stage.*TVMinimize"):

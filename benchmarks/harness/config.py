@@ -30,7 +30,7 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     head = "softmax"                     # or "wnll", with:
     head_params = { artifact = "resnet56_wnll", mode = "inductive" }   # a shipped name or a path; k, k_sigma
     attack_through = "head"              # wnll: "head" (through the WNLL solve) or "surrogate" (linear branch)
-    stages = [{ name = "tvm", params = { weight = 0.03, drop_prob = 0.5 } }]
+    stages = [{ name = "tvm", params = { weight = 0.1, drop_prob = 0.3 } }]
 
     [[attacks]]
     name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, bim, pgd, apgd, square,

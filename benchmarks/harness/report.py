@@ -16,7 +16,8 @@ import torch
 
 from benchmarks.harness.schema import SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL
 
-__all__ = ["COLUMNS", "machine", "write_csv", "plot_accuracy", "plot_examples", "write_report"]
+__all__ = ["COLUMNS", "machine", "write_csv", "plotting_unavailable", "plot_accuracy", "plot_examples",
+           "write_report"]
 
 #: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1].
 COLUMNS = ("cell", "attack", "attack_name", "norm", "eps", "eps_label", "threat_model", "iters", "eot_samples",
@@ -56,6 +57,22 @@ def _worst(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _same_eps(a: Any, b: float) -> bool:
     return a != "" and abs(float(a) - b) < 1e-9
+
+
+def plotting_unavailable() -> str | None:
+    """Why this environment cannot draw the plots (matplotlib missing), or None when it can.
+
+    Example:
+        >>> plotting_unavailable() is None or "matplotlib" in plotting_unavailable()
+        True
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        return (f"matplotlib is not installed ({err}); install it (pip install matplotlib, or the bench extra: "
+                "pip install -e \".[bench]\") and run the same command again: the cells are cached, so only the "
+                "outputs are made")
+    return None
 
 
 def plot_accuracy(rows: list[dict[str, Any]], clean: dict[str, Any], path: Path) -> None:
@@ -277,7 +294,8 @@ def _cache_text(folder: Path | None) -> str:
 
 
 def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_s: float,
-                 ste: list[str], files: list[str]) -> None:
+                 ste: list[str], files: list[str], plots_missing: str | None = None) -> None:
+    """``report.md``; ``plots_missing``: why there are no plots (said in the report), or None."""
     rows, clean = result.rows, result.clean
     with_substitute = any(r["threat_model"] in SUBSTITUTE_SOURCE for r in rows)
     substitute = f"; substitute: {cfg.substitute['name']} (pretrained={cfg.substitute['pretrained']})" \
@@ -306,6 +324,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         f"defense: {stages}; head: {_head_text(cfg)}",
         f"- Clean accuracy: undefended {_pct(clean['undefended_accuracy'])}%"
         + (f", defended {_pct(clean['defended_accuracy'])}% (one draw per image)" if cfg.stages else ""),
+        *([f"- **No plots**: {plots_missing}."] if plots_missing else []),
         "",
         "## Headline: worst case over threat models" if cfg.stages else "## Results",
         "",

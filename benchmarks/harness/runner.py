@@ -39,11 +39,27 @@ from purify.attacks import rho2
 from purify.errors import PurifyError
 from purify.pipeline import Pipeline
 
-__all__ = ["Prepared", "RunResult", "prepare", "run_config", "RESULTS_DIR"]
+__all__ = ["Prepared", "RunResult", "prepare", "run_config", "RESULTS_DIR", "default_results_dir"]
 
 log = logging.getLogger(__name__)
 
+#: The repository's committed results (``benchmarks/results``, indexed by its README.md). Runs do not
+#: write here unless they are started from the repository root or given ``--out``.
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def default_results_dir() -> Path:
+    """Where a run without ``out`` writes: ``benchmarks/results`` under the working directory.
+
+    Never the package's own folder, which an installed package may not be allowed to write to. From
+    the repository root this is :data:`RESULTS_DIR`, so the commands in its results index reproduce
+    their folders in place.
+
+    Example:
+        >>> default_results_dir() == Path.cwd() / "benchmarks" / "results"
+        True
+    """
+    return Path.cwd() / "benchmarks" / "results"
 
 
 @dataclass
@@ -75,6 +91,8 @@ class RunResult:
     wall_s: float = 0.0
     examples: Path | None = None
     cells_dir: Path | None = None                        # where the cells are cached (see cells.cells_dir)
+    files: list[str] = field(default_factory=list)       # what was written to out_dir (no plots without matplotlib)
+    plots_missing: str | None = None                     # why no plots were drawn, or None
 
 
 def _error(cfg: RunConfig, key: str, msg: str) -> ConfigError:
