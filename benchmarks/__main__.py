@@ -25,13 +25,13 @@ import argparse
 import shlex
 import sys
 
-from benchmarks.harness import ConfigError, bundled_configs, run
+from .harness import ConfigError, bundled_configs, run
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["leaderboard"]:
-        from benchmarks.leaderboard import main as leaderboard
+        from .leaderboard import main as leaderboard
         return leaderboard(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

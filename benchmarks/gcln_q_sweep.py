@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.convergence import wilson
-from benchmarks.harness import RESULTS_DIR, run
-from benchmarks.harness.report import machine
+from .convergence import wilson
+from .harness import RESULTS_DIR, run
+from .harness.report import machine
 
 DEFAULT_QS = (2, 5, 8, 10, 12, 16, 20)
 #: papers/gcln-generative-cleaning.txt, Table 2: BPDA at 0.031 L-inf, each q with its own trained generator.

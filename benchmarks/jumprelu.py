@@ -43,8 +43,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from benchmarks.convergence import wilson
-from benchmarks.harness.report import machine
+from .convergence import wilson
+from .harness.report import machine
 
 __all__ = ["MODELS", "sweep_kappa", "pick_kappa", "evaluate_model", "build_page", "main"]
 

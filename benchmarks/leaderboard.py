@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness.config import ConfigError, load_config
-from benchmarks.harness.report import machine
-from benchmarks.harness.worst import WORST_KEYS, sanity_flags, worst_rows
+from .harness.config import ConfigError, load_config
+from .harness.report import machine
+from .harness.worst import WORST_KEYS, sanity_flags, worst_rows
 
 __all__ = ["Row", "load_leaderboard", "row_config", "measure_cost", "build_page", "main", "DEFAULT_SPEC"]
 
@@ -393,7 +393,7 @@ def _plot(done: list[dict[str, Any]], datasets: list[str], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.harness import run
+    from .harness import run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks leaderboard", description=__doc__.split("\n")[0])

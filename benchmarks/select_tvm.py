@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.tv_speed import _machine
+from .tv_speed import _machine
 from purify.attacks import bim, fgsm
 from purify.data import load_dataset
 from purify.models import create_model

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from . import _serving   # the server's modules, under their name beside this package
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "serving.md"
 CONCURRENCY = (1, 8, 32)
@@ -46,7 +47,8 @@ def _config_file(work: Path, name: str, *, max_batch_size: int, delay_ms: float,
     """The built-in default config with the batching (and backend) of one benchmark row, as YAML."""
     import yaml
 
-    from serving.config import DEFAULT_CONFIG
+
+    DEFAULT_CONFIG = _serving.module("config").DEFAULT_CONFIG
 
     data = tomllib.loads(DEFAULT_CONFIG.read_text())
     data["name"] = name
@@ -67,7 +69,7 @@ class Server:
     def __init__(self, config: Path | None, threads: int, flags: Sequence[str] = ()) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads)}
         config_flags = ["--config", str(config)] if config is not None else []   # None: the built-in default
-        self.proc = subprocess.Popen([sys.executable, "-m", "serving.cli", *config_flags, "--port", "0", *flags],
+        self.proc = subprocess.Popen([sys.executable, "-m", f"{_serving.PACKAGE}.cli", *config_flags, "--port", "0", *flags],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.log: list[str] = []
         self.address: str | None = None
@@ -171,8 +173,9 @@ def measure_in_process(config: Path, images: np.ndarray, *, threads: int, repeat
     """The backend called directly: one image per call, and batches of 32."""
     import torch
 
-    from serving.backends import create_backend
-    from serving.config import load_config
+
+    create_backend = _serving.module("backends").create_backend
+    load_config = _serving.module("config").load_config
 
     torch.set_num_threads(threads)
     backend = create_backend(load_config(config))
@@ -195,7 +198,7 @@ def measure_in_process(config: Path, images: np.ndarray, *, threads: int, repeat
 
 def measure_batcher_delay(delay_ms: float, requests: int = 200) -> float:
     """Median latency the batcher alone adds to a lone request (no-op model, no HTTP), in ms."""
-    from serving.batcher import DynamicBatcher
+    DynamicBatcher = _serving.module("batcher").DynamicBatcher
 
     async def go() -> float:
         b = DynamicBatcher(lambda payloads: payloads, max_batch_size=64, max_queue_delay_ms=delay_ms)
@@ -303,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = {"torch": None}
     export_note = "not measured (--skip-onnx)"
     if not args.skip_onnx:
-        from serving.config import DEFAULT_CONFIG, load_config
-        from serving.export import export_config
+        server_config = _serving.module("config")
+        DEFAULT_CONFIG, load_config = server_config.DEFAULT_CONFIG, server_config.load_config
+        export_config = _serving.module("export").export_config
 
         onnx_path = args.work_dir / "default.onnx"
         if not onnx_path.is_file():

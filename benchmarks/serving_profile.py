@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from . import _serving   # the server's modules, under their name beside this package
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "serving_profile.md"
 
@@ -71,8 +72,9 @@ def head_layouts(images: torch.Tensor, data_dir: str | None) -> list[str]:
 
 def gc_pauses(repeats: int = 5) -> tuple[float, float, int]:
     """Median ms of a full collection with the served default model loaded: as is, then frozen."""
-    from serving.config import DEFAULT_CONFIG, load_config
-    from serving.model import ServedModel
+    server_config = _serving.module("config")
+    DEFAULT_CONFIG, load_config = server_config.DEFAULT_CONFIG, server_config.load_config
+    ServedModel = _serving.module("model").ServedModel
 
     served = ServedModel(load_config(DEFAULT_CONFIG))  # loads torch, numba and the model, as a server does
     before = _median_ms(gc.collect, repeats, warmup=1)
@@ -88,8 +90,9 @@ def gc_pauses(repeats: int = 5) -> tuple[float, float, int]:
 def compression() -> tuple[int, float, float]:
     """(answer bytes, µs to gzip it as before, µs through encode_body now) for one image's answer."""
     from purify.data import CIFAR10_CLASSES
-    from serving.model import topk_labels
-    from serving.protocol import encode_body, encode_response
+    topk_labels = _serving.module("model").topk_labels
+    server = _serving.module("protocol")
+    encode_body, encode_response = server.encode_body, server.encode_response
 
     scores = torch.softmax(torch.randn(1, 10, generator=torch.Generator().manual_seed(0)), 1).numpy()
     labels = topk_labels(scores, 3, CIFAR10_CLASSES)
@@ -101,7 +104,7 @@ def compression() -> tuple[int, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.harness.report import machine
+    from .harness.report import machine
     from purify.data import load_dataset
 
     argv = sys.argv[1:] if argv is None else argv

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving_bench import Server
+from .serving_bench import Server
+from . import _serving   # the server's modules, under their name beside this package
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "serving_reliability.md"
 FLAGS = ["--header-timeout-s", "2", "--body-timeout-s", "2", "--max-connections", "1000",
@@ -182,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.harness.report import machine
+    from .harness.report import machine
     from purify.data import load_dataset
-    from serving.backends import create_backend
-    from serving.config import DEFAULT_CONFIG, load_config
+    create_backend = _serving.module("backends").create_backend
+    server_config = _serving.module("config")
+    DEFAULT_CONFIG, load_config = server_config.DEFAULT_CONFIG, server_config.load_config
 
     torch.set_num_threads(1)
     images = load_dataset("cifar10", "test", data_dir=args.data_dir).tensors(slice(0, 64))[0].numpy()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.tv_speed import _machine
+from .tv_speed import _machine
 from purify.data import load_dataset
 from purify.tv import DEFAULT_TV_ITERS, STEP_RATIO_SCALE, _pdhg_numba, _step_sizes, bernoulli_mask, tv_minimize
 from purify.tv_reference import tv_minimize_exact, tv_objective

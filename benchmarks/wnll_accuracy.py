@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness.report import machine
+from .harness.report import machine
 from purify.data import resolve_data_dir
 from purify.models import create_model
 from purify.training.wnll import balanced_split, cached_features

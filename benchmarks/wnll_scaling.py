@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(out if not label else {k + label: v for k, v in out.items()})
             print(row, file=sys.stderr)
             rows.append(row)
-    from benchmarks.harness.report import machine
+    from .harness.report import machine
     command = "python -m benchmarks.wnll_scaling " + " ".join(argv if argv is not None else sys.argv[1:])
     cuda = args.device.startswith("cuda")
     lines = ["# WNLL labelling cost against the template count", "",

@@ -80,7 +80,8 @@ def jump_relu(z: Tensor, kappa: float | Tensor, *, backward: str = "exact") -> T
     """
     _check_tensor("jump_relu", z)
     check_choice("jump_relu", backward, name="backward", choices=_BACKWARDS)
-    if isinstance(kappa, Tensor):
+    if isinstance(kappa, Tensor) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # ONNX has no threshold with a non-zero threshold: a compare and a select export everywhere.
         out = torch.where(z > kappa, z, torch.zeros((), dtype=z.dtype, device=z.device))   # not z·mask: -0.0, NaN·0
     else:
         out = F.threshold(z, float(kappa), 0.0)       # one fused kernel: z where z > kappa, else 0

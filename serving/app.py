@@ -52,13 +52,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import purify
-from serving.config import ServeConfig
-from serving.errors import NotFound, PayloadTooLarge, RequestTimeout, ServingError, Unauthorized, Unavailable
-from serving.integrity import BearerAuth
-from serving.limits import BODY_TIMEOUT_SCOPE_KEY, ServerLimits
-from serving.metrics import Metrics
-from serving.model import ServedModel
-from serving.protocol import InferRequest, decode_body, encode_body, encode_response, load_json, parse_request
+from .config import ServeConfig
+from .errors import NotFound, PayloadTooLarge, RequestTimeout, ServingError, Unauthorized, Unavailable
+from .integrity import BearerAuth
+from .limits import BODY_TIMEOUT_SCOPE_KEY, ServerLimits
+from .metrics import Metrics
+from .model import ServedModel
+from .protocol import InferRequest, decode_body, encode_body, encode_response, load_json, parse_request
 
 __all__ = ["create_app", "DEFAULT_MAX_BODY_BYTES"]
 

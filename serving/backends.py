@@ -32,10 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from purify.errors import PurifyError
-from serving.onnx_graph import graph_inputs, per_sample_inputs
+from .onnx_graph import graph_inputs, per_sample_inputs
 from purify.pipeline import DefendedClassifier, Pipeline
-from serving.config import ServeConfig
-from serving.errors import ConfigError
+from .config import ServeConfig
+from .errors import ConfigError
 
 __all__ = ["TorchBackend", "OnnxBackend", "build_defended_model", "build_pipeline", "class_scores",
            "create_backend"]
@@ -124,7 +124,7 @@ def build_defended_model(cfg: ServeConfig) -> tuple[DefendedClassifier, tuple[st
         ConfigError: the classifier, its weights or the head cannot be loaded (the message names the field).
     """
     from purify.models import create_model
-    from serving.integrity import verify_artifact
+    from .integrity import verify_artifact
 
     verify_artifact(cfg, "weights")  # classifier.weights_sha256, before any loader reads the file
     if cfg.factory is not None:
@@ -246,7 +246,7 @@ class OnnxBackend:
 
         if not cfg.onnx.is_file():
             raise ConfigError(f"{cfg.source}: classifier.onnx: no such file {cfg.onnx}; write it with `purify-export`")
-        from serving.integrity import verify_artifact
+        from .integrity import verify_artifact
 
         verify_artifact(cfg, "onnx")  # classifier.onnx_sha256, before onnxruntime parses the graph
         opts = ort.SessionOptions()

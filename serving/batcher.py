@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from serving.errors import BadRequest, Unavailable
+from .errors import BadRequest, Unavailable
 
 __all__ = ["DynamicBatcher"]
 

@@ -31,8 +31,8 @@ import sys
 
 from purify.errors import PurifyError
 from purify.tv import set_threads
-from serving.config import DEFAULT_CONFIG, ServeConfig, load_config
-from serving.limits import ServerLimits, ServerSettings, load_server_config
+from .config import DEFAULT_CONFIG, ServeConfig, load_config
+from .limits import ServerLimits, ServerSettings, load_server_config
 
 __all__ = ["main", "build_parser", "bind_socket"]
 
@@ -122,9 +122,9 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from serving.app import create_app
-    from serving.integrity import load_token
-    from serving.limits import make_server
+    from .app import create_app
+    from .integrity import load_token
+    from .limits import make_server
 
     if args.threads is not None and args.threads < 1:
         log.error("purify-serve: --threads must be >= 1, got %d", args.threads)

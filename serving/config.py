@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from serving.errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["ServeConfig", "InputSpec", "StageConfig", "RequestParam", "HeadConfig", "OutputSpec",
            "BatchingConfig", "BackendConfig", "load_config", "parse_config", "DEFAULT_CONFIG"]

@@ -40,10 +40,10 @@ from torch import Tensor
 from purify.errors import PurifyError
 from purify.registry import get_purifier_spec
 from purify.tv import set_threads
-from serving.onnx_graph import ExportError, ExportReport, export_onnx
-from serving.backends import build_defended_model
-from serving.config import DEFAULT_CONFIG, ServeConfig, load_config
-from serving.errors import ConfigError
+from .onnx_graph import ExportError, ExportReport, export_onnx
+from .backends import build_defended_model
+from .config import DEFAULT_CONFIG, ServeConfig, load_config
+from .errors import ConfigError
 
 __all__ = ["ExportError", "ExportReport", "export_config", "main", "HEARTBEAT_S"]
 

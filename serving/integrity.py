@@ -36,8 +36,8 @@ import re
 import stat
 from pathlib import Path
 
-from serving.config import ServeConfig
-from serving.errors import ConfigError
+from .config import ServeConfig
+from .errors import ConfigError
 
 __all__ = ["verify_artifact", "BearerAuth", "load_token", "TOKEN_ENV", "OPEN_PATHS"]
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from serving.errors import ConfigError, HeadersTooLarge, RequestTimeout, ServingError, Unavailable
+from .errors import ConfigError, HeadersTooLarge, RequestTimeout, ServingError, Unavailable
 
 __all__ = ["ServerLimits", "ServerSettings", "load_server_config", "limited_protocol", "make_server",
            "BODY_TIMEOUT_SCOPE_KEY"]
@@ -115,7 +115,7 @@ def load_server_config(path: str | os.PathLike) -> ServerSettings:
         >>> load_server_config(p).limits.max_connections
         64
     """
-    from serving.config import _read_file, _Table
+    from .config import _read_file, _Table
 
     p = Path(path).expanduser()
     source = str(p)

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from purify.registry import get_purifier_spec
-from serving.backends import create_backend
-from serving.batcher import DynamicBatcher
-from serving.config import ServeConfig
-from serving.errors import BadRequest, ConfigError
-from serving.protocol import InferRequest
+from .backends import create_backend
+from .batcher import DynamicBatcher
+from .config import ServeConfig
+from .errors import BadRequest, ConfigError
+from .protocol import InferRequest
 
 __all__ = ["ServedModel", "topk_labels"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge
 
 __all__ = ["DTYPES", "InferRequest", "RequestedOutput", "Tensor", "decode_body", "encode_body",
            "load_json", "parse_request", "encode_response"]

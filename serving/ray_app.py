@@ -4,7 +4,7 @@ Install the extra (``pip install -c constraints.txt -e ".[ray]"``), then::
 
     import ray
     from ray import serve
-    from serving.ray_app import build_app
+    from .ray_app import build_app
 
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from serving.config import ServeConfig, load_config
+from .config import ServeConfig, load_config
 
 __all__ = ["build_app"]
 
@@ -54,7 +54,7 @@ def build_app(configs: Sequence[str | os.PathLike | ServeConfig], *, num_replica
 
     def make_app():
         # Evaluated on each replica, so every replica loads its own model and starts its own batcher.
-        from serving.app import create_app
+        from .app import create_app
 
         return create_app(parsed)
 

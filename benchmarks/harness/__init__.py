@@ -30,11 +30,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.harness.config import THREAT_MODELS, ConfigError, RunConfig, load_config
-from benchmarks.harness.overrides import BUNDLED_DIR
-from benchmarks.harness.report import plot_accuracy, plot_examples, plotting_unavailable, write_csv, write_report
-from benchmarks.harness.runner import RESULTS_DIR, RunResult, default_results_dir, prepare, run_config
-from benchmarks.harness.threats import ste_stages
+from .config import THREAT_MODELS, ConfigError, RunConfig, load_config
+from .overrides import BUNDLED_DIR
+from .report import plot_accuracy, plot_examples, plotting_unavailable, write_csv, write_report
+from .runner import RESULTS_DIR, RunResult, default_results_dir, prepare, run_config
+from .threats import ste_stages
 from purify.tv import set_threads
 
 __all__ = ["THREAT_MODELS", "ConfigError", "RunConfig", "RunResult", "load_config", "run",
@@ -109,7 +109,7 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
             plot_accuracy(result.rows, result.clean, out_dir / "accuracy_vs_eps.png")
             files.append("accuracy_vs_eps.png")
             if result.examples is not None and result.examples.is_file():
-                from benchmarks.harness.runner import example_cell
+                from .runner import example_cell
                 plot_examples(result.examples, f"{cfg.name}: {example_cell(prepared).label}", out_dir / "examples.png")
                 files.append("examples.png")
         except ImportError as err:      # matplotlib imported, but a part of it (pyplot, a backend) did not

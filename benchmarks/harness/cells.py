@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness.config import (EOT_THREAT_MODELS, SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, UNDEFENDED_SOURCE,
+from .config import (EOT_THREAT_MODELS, SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, UNDEFENDED_SOURCE,
                                       AttackEntry, Eps, RunConfig)
 
 __all__ = ["CACHE_VERSION", "Cell", "expand_cells", "group_jobs", "base_key", "key_hash", "derive_seed",

@@ -60,15 +60,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.overrides import (BUNDLED_DIR, apply_overrides, apply_quick, check_quick, read_document,
+from .overrides import (BUNDLED_DIR, apply_overrides, apply_quick, check_quick, read_document,
                                          resolve_extends)
-from benchmarks.harness.schema import (ATTACK_THROUGH, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HARNESS_FIXED,
+from .schema import (ATTACK_THROUGH, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HARNESS_FIXED,
                                        HEAD_PARAM_KEYS, HEADS, SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL,
                                        UNDEFENDED_SOURCE, AttackEntry, ConfigError, Ctx, Eps, RunConfig, config_params)
 from purify.attacks.registry import RATIO, AttackSpec, Param, get_attack_spec
-from benchmarks.harness.inputs import (attack_keys, check_eps_scale, check_onnx_attacks, parse_data, parse_model,
+from .inputs import (attack_keys, check_eps_scale, check_onnx_attacks, parse_data, parse_model,
                                       parse_registered, resolve_attack)
-from benchmarks.harness.worst import parse_worst, worst_entries
+from .worst import parse_worst, worst_entries
 from purify.errors import PurifyError
 
 __all__ = ["ConfigError", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOURCE",

@@ -38,14 +38,14 @@ def _worker_class():
                      threads: int) -> None:
             import torch
 
-            from benchmarks.harness.config import parse_config
-            from benchmarks.harness.runner import prepare
+            from .config import parse_config
+            from .runner import prepare
 
             torch.set_num_threads(threads)
             self.p = prepare(parse_config(raw, Path(path), quick=quick), data_dir=data_dir, device=device)
 
         def run(self, hashes: list[str], clean: dict[str, Any]) -> dict[str, dict[str, Any]]:
-            from benchmarks.harness.runner import _run_job
+            from .runner import _run_job
 
             cells = [c for c in self.p.cells if c.hash in set(hashes)]
             return _run_job(self.p, cells, clean, _NoBar(), None)

@@ -49,8 +49,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.schema import SUBSTITUTE_SOURCE, AttackEntry, Ctx
+from .schema import SUBSTITUTE_SOURCE, AttackEntry, Ctx
 from purify.errors import PurifyError
+from .. import _serving   # the server's modules, under their name beside this package
 
 __all__ = ["DATA_KEYS", "MODEL_KEYS", "parse_data", "parse_model", "parse_registered", "resolve_attack",
            "attack_keys", "check_eps_scale", "check_onnx_attacks"]
@@ -127,7 +128,8 @@ def parse_registered(ctx: Ctx, t: dict[str, Any], section: str) -> dict[str, Any
 
 def parse_model(ctx: Ctx, t: dict[str, Any]) -> dict[str, Any]:
     """``[model]``: a registered name, a factory or an ONNX file, with pins and normalization (module docstring)."""
-    from serving.config import _FACTORY_PATTERN, _SHA256_PATTERN   # the server's own rules for the same keys
+    server_config = _serving.module("config")
+    _FACTORY_PATTERN, _SHA256_PATTERN = server_config._FACTORY_PATTERN, server_config._SHA256_PATTERN
 
     ctx.keys(t, MODEL_KEYS, "model")
     forms = [k for k in ("name", "factory", "onnx") if k in t]
@@ -223,7 +225,7 @@ def _import(target: str, folder: Path) -> Any:
 def resolve_attack(ctx: Ctx, name: Any, key: str) -> str:
     """An ``[[attacks]]`` name: a registered attack, or ``"module:attribute"`` naming an ``AttackSpec``,
     which is imported and registered (again each time the config is parsed: a no-op for the same spec)."""
-    from serving.config import _FACTORY_PATTERN
+    _FACTORY_PATTERN = _serving.module("config")._FACTORY_PATTERN
     from purify.attacks.registry import AttackSpec, list_attacks, register_attack
 
     name = ctx.string(name, key)

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.harness.schema import ConfigError, RunConfig
+from .schema import ConfigError, RunConfig
 from purify.errors import PurifyError
+from .. import _serving   # the server's modules, under their name beside this package
 
 __all__ = ["check_registered_fit", "load_images", "select", "load_classifier", "check_fit", "images_sha256",
            "describe_model", "describe_data"]
@@ -140,11 +141,11 @@ def load_classifier(cfg: RunConfig, section: str, folder: Path, dev: torch.devic
 
 def _build(cfg: RunConfig, section: str, spec: dict[str, Any], ns: SimpleNamespace, folder: Path) -> nn.Module:
     from purify.models import create_model
-    from serving.backends import _import_factory
-    from serving.integrity import verify_artifact
+    _import_factory = _serving.module("backends")._import_factory
+    verify_artifact = _serving.module("integrity").verify_artifact
 
     if "onnx" in spec:
-        from benchmarks.harness.onnx_model import OnnxClassifier
+        from .onnx_model import OnnxClassifier
         verify_artifact(ns, "onnx")
         return OnnxClassifier(spec["onnx"])
     verify_artifact(ns, "weights")

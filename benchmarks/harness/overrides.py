@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.schema import ConfigError, Ctx, config_params
+from .schema import ConfigError, Ctx, config_params
 from purify.attacks.registry import get_attack_spec, list_attacks
 
 __all__ = ["parse_value", "apply_overrides", "check_quick", "apply_quick", "read_document", "resolve_extends",

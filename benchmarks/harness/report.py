@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness.schema import SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL
+from .schema import SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL
 
 __all__ = ["COLUMNS", "machine", "write_csv", "plotting_unavailable", "plot_accuracy", "plot_examples",
            "write_report"]
@@ -257,7 +257,7 @@ def _headline_note(cfg, rows: list[dict[str, Any]]) -> str:
 
 def _worst_lines(cfg, rows: list[dict[str, Any]]) -> list[str]:
     """The ``[worst]`` headline (per-image worst over the ensemble, 95 % interval) and the sanity checks."""
-    from benchmarks.harness.worst import sanity_flags, worst_rows
+    from .worst import sanity_flags, worst_rows
 
     worst = worst_rows(cfg, rows)
     if not worst:
@@ -300,7 +300,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
     with_substitute = any(r["threat_model"] in SUBSTITUTE_SOURCE for r in rows)
     substitute = f"; substitute: {cfg.substitute['name']} (pretrained={cfg.substitute['pretrained']})" \
         if with_substitute else ""
-    from benchmarks.harness.loading import describe_data, describe_model
+    from .loading import describe_data, describe_model
 
     n = len(prepared.indices)
     data = cfg.data

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.harness.cells import (Cell, base_key, cells_dir, derive_seed, expand_cells, group_jobs, key_hash,
+from .cells import (Cell, base_key, cells_dir, derive_seed, expand_cells, group_jobs, key_hash,
                                       read_json, write_json)
-from benchmarks.harness.config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
-from benchmarks.harness.inputs import attack_keys, check_eps_scale
-from benchmarks.harness.threats import attack_model_fn, full_pipeline, run_attack
-from benchmarks.harness.worst import encode_bits, worst_entries
+from .config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
+from .inputs import attack_keys, check_eps_scale
+from .threats import attack_model_fn, full_pipeline, run_attack
+from .worst import encode_bits, worst_entries
 from purify.attacks import rho2
 from purify.errors import PurifyError
 from purify.pipeline import Pipeline
@@ -117,7 +117,7 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     Raises:
         ConfigError: naming the config file and the key to change.
     """
-    from benchmarks.harness.loading import (check_fit, check_registered_fit, images_sha256, load_classifier,
+    from .loading import (check_fit, check_registered_fit, images_sha256, load_classifier,
                                             load_images, select)
 
     dev = resolve_device(cfg, device)
@@ -315,7 +315,7 @@ def _execute(p: Prepared, todo: list[tuple[list[Cell], bool]], clean: dict[str, 
             bar.set_postfix_str(", ".join(c.label for c in job)[:80])
             yield job, _run_job(p, job, clean, bar, ex, examples_only=only)
         return
-    from benchmarks.harness.distributed import ray_jobs
+    from .distributed import ray_jobs
 
     n_batches = -(-len(p.x) // p.cfg.batch_size)
     for job, new in ray_jobs(p, [job for job, only in todo if not only], clean, **ray):

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from benchmarks.harness.schema import SUBSTITUTE_SOURCE, UNDEFENDED_SOURCE
+from .schema import SUBSTITUTE_SOURCE, UNDEFENDED_SOURCE
 from purify.attacks import CountedModel, bpda, eot
 from purify.attacks.registry import get_attack_spec
 from purify.pipeline import Pipeline

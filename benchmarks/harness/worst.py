@@ -39,8 +39,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.convergence import wilson   # the project's 95 % Wilson interval
-from benchmarks.harness.schema import (DEFAULT_EOT_SAMPLES, UNDEFENDED_EVAL, AttackEntry, Ctx, Eps)
+from ..convergence import wilson   # the project's 95 % Wilson interval
+from .schema import (DEFAULT_EOT_SAMPLES, UNDEFENDED_EVAL, AttackEntry, Ctx, Eps)
 
 __all__ = ["WorstConfig", "parse_worst", "worst_entries", "gradient_threat_models", "worst_rows", "sanity_flags",
            "wilson", "encode_bits", "decode_bits", "WORST_KEYS"]
@@ -103,7 +103,7 @@ def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> W
     """Check a ``[worst]`` table (see the module docstring); None when the config has none."""
     if t is None:
         return None
-    from benchmarks.harness.schema import THREAT_MODELS
+    from .schema import THREAT_MODELS
 
     t = ctx.table(t, "worst")
     ctx.keys(t, WORST_KEYS, "worst", ("eps",))
