@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from purify._artifacts import (SHIPPED_DIR, artifact_paths, list_artifacts, load_artifact, resolve_artifact,
                                save_artifact)
-from purify._checks import check_float, check_image_batch, check_int, per_sample
+from purify._checks import check_device, check_float, check_image_batch, check_int, per_sample
 from purify.dct import _dct_core, dct_quantize, rounding_margin  # noqa: F401 - dct_quantize: the doctests use it
 from purify.errors import DTypeError, ShapeError, UnknownNameError
 
@@ -278,7 +278,7 @@ def _load_cached(json_path: str, stamp: tuple[int, int], device: str) -> Cleanin
 def _load_shared(weights: str | os.PathLike, device: str | torch.device, fn: str) -> CleaningGenerator:
     path = _resolve(weights, fn)
     st = artifact_paths(path)[0].stat()
-    return _load_cached(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(torch.device(device)))
+    return _load_cached(str(path.resolve()), (st.st_mtime_ns, st.st_size), str(check_device(fn, device)))
 
 
 def load_generator(weights: str | os.PathLike = DEFAULT_WEIGHTS, *,

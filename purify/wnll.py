@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from purify._artifacts import SHIPPED_DIR, load_artifact, resolve_artifact, save_artifact  # noqa: F401 - SHIPPED_DIR re-exported
-from purify._checks import check_choice, check_int
+from purify._checks import check_choice, check_device, check_int
 from purify.errors import DTypeError, PurifyError, RangeError, ShapeError
 
 __all__ = ["TemplateSet", "WNLLError", "wnll_interpolate", "WNLLHead", "knn", "DEFAULT_K", "DEFAULT_K_SIGMA"]
@@ -150,6 +150,8 @@ class TemplateSet:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TemplateSet":
         """A copy on ``device`` / in ``dtype`` (the features only; labels stay int64)."""
+        if device is not None:
+            device = check_device("TemplateSet.to", device)
         out = TemplateSet(self.features.to(device=device, dtype=dtype), self.labels.to(device=device), self.meta)
         return out
 
@@ -224,6 +226,7 @@ class TemplateSet:
     def load(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> "TemplateSet":
         """Load a saved set (a path, with or without extension), checking the sha256 recorded in its json."""
         fn = "TemplateSet.load"
+        device = check_device(fn, device)
         json_path = resolve_artifact(path, format=TEMPLATE_SET_FORMAT, what="template set", fn=fn)
         tensors, cfg = load_artifact(json_path, expected_format=TEMPLATE_SET_FORMAT, fn=fn)
         _require(path, tensors, ("features", "labels"))
@@ -642,6 +645,7 @@ class WNLLHead(nn.Module):
             DataNotFoundError (the message lists the shipped heads), ChecksumError, ArtifactError, WNLLError.
         """
         fn = "WNLLHead.load"
+        device = check_device(fn, device)
         json_path = resolve_artifact(path, format=HEAD_FORMAT, what="head", fn=fn,
                                      hint="make one with python -m purify.training.wnll")
         tensors, cfg = load_artifact(json_path, expected_format=HEAD_FORMAT, fn=fn)

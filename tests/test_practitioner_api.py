@@ -154,6 +154,17 @@ class TestDevices:
         with pytest.raises(DeviceError, match=r"MPS is not available.*available on this machine: 'cpu'"):
             purify(torch.zeros(1, 3, 8, 8), device="mps")
 
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+    def test_artifact_loaders_check_the_device(self):
+        from purify.gcln import load_generator
+        from purify.wnll import TemplateSet, WNLLHead
+        with pytest.raises(DeviceError, match="load_generator: .*CUDA is not available"):
+            load_generator("gcln_cifar10", device="cuda")
+        with pytest.raises(DeviceError, match="WNLLHead.load: .*CUDA is not available"):
+            WNLLHead.load("resnet56_wnll", device="cuda")
+        with pytest.raises(DeviceError, match="TemplateSet.to: .*CUDA is not available"):
+            TemplateSet(torch.zeros(4, 2), torch.arange(4)).to("cuda")
+
     def test_device_error_is_a_purify_and_runtime_error(self):
         assert issubclass(DeviceError, PurifyError) and issubclass(DeviceError, RuntimeError)
         with pytest.raises(DeviceError, match="available on this machine"):
