@@ -3,6 +3,7 @@
     python -m benchmarks leaderboard --data-dir ../shared/data                 # run what is missing, write the page
     python -m benchmarks leaderboard --rows tvm,dct --data-dir ../shared/data  # some rows only
     python -m benchmarks leaderboard --report-only                             # the page from the results, in seconds
+    python -m benchmarks leaderboard --measure-costs --data-dir ../shared/data # the cost column again, quietly
 
 The rows and the budgets are in ``benchmarks/leaderboard.toml``. Each row (a model, its stages,
 its head) and each budget (L∞ 8/255, L2 0.5) becomes one ordinary harness config with a
@@ -392,6 +393,16 @@ def _plot(done: list[dict[str, Any]], datasets: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def _store_cost(path: Path, row: Row, data_dir: str | None) -> dict[str, dict[str, float]]:
+    """Measure ``row``'s cost at 1 and 2 threads and merge it into ``costs.json``; returns the file's contents."""
+    measured = {str(t): measure_cost(row, threads=t, data_dir=data_dir) for t in (1, 2)}
+    # Re-read before writing: another leaderboard process may have added its rows meanwhile.
+    costs = json.loads(path.read_text()) if path.is_file() else {}
+    costs[row.id] = measured
+    path.write_text(json.dumps(costs, indent=1) + "\n")
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     from .harness import run
 
@@ -400,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", default=str(DEFAULT_SPEC), help="the rows and budgets (default: benchmarks/leaderboard.toml)")
     p.add_argument("--rows", default=None, help="comma-separated row ids to run (default: all)")
     p.add_argument("--report-only", action="store_true", help="rebuild the page from the results; attack nothing")
+    p.add_argument("--measure-costs", action="store_true",
+                   help="re-measure the defense costs of the rows (e.g. on a quiet machine), attack nothing")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="the rows' results folder; the page goes beside it")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None,
@@ -428,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for b in row.budgets:
                 (out / "configs" / f"{row.id}-{b['norm']}.toml").write_text(to_toml(row_config(settings, row, b)))
-            if args.report_only or row.id not in wanted:
+            if args.measure_costs and row.id in wanted:
+                costs = _store_cost(costs_path, row, args.data_dir)
+            if args.report_only or args.measure_costs or row.id not in wanted:
                 continue
             for b in row.budgets:
                 config = out / "configs" / f"{row.id}-{b['norm']}.toml"
@@ -436,11 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 run(config, data_dir=args.data_dir, out=out / f"{row.id}-{b['norm']}", cache_dir=cache_dir,
                     progress=not args.no_progress, threads=args.threads,
                     command=f"python -m benchmarks run {shown} --data-dir {args.data_dir or '$PURIFY_DATA_DIR'}")
-            measured = {str(t): measure_cost(row, threads=t, data_dir=args.data_dir) for t in (1, 2)}
-            # Re-read before writing: another leaderboard process may have added its rows meanwhile.
-            costs = json.loads(costs_path.read_text()) if costs_path.is_file() else {}
-            costs[row.id] = measured
-            costs_path.write_text(json.dumps(costs, indent=1) + "\n")
+            costs = _store_cost(costs_path, row, args.data_dir)
         page = build_page(out, settings, rows, pending, costs, command)
         (out.parent / "leaderboard.md").write_text(page)
     except ConfigError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,12 @@ def test_tiny_leaderboard_end_to_end(tmp_path, data_dir, capsys):
     assert main(args + ["--report-only"]) == 0
     assert (tmp_path / "leaderboard.md").read_text().split("## Reading")[0].split("- Date")[1] == \
         page.split("## Reading")[0].split("- Date")[1]
+    assert not (out / "plain-linf" / "report.md").exists()
+    # The cost column again, without attacking: every available row re-measured.
+    (out / "costs.json").unlink()
+    assert main(args + ["--measure-costs"]) == 0
+    costs = json.loads((out / "costs.json").read_text())
+    assert costs["plain"] == {"1": 0.0, "2": 0.0} and costs["robust-dct"]["1"] > 0
     assert not (out / "plain-linf" / "report.md").exists()
 
 
