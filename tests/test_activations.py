@@ -163,3 +163,19 @@ def test_retrofitted_pickles_and_retrofits_again():
     torch.testing.assert_close(clone(x), net(x), rtol=0, atol=0)
     again = retrofit(net, "jumprelu", kappa=0.0)                   # replaces, does not stack
     assert isinstance(again.model.act, JumpReLU)
+
+
+def test_retrofit_a_registered_user_model_by_name():
+    """A user's registered model: DefendedClassifier builds it by name and retrofits it."""
+    from purify.models import register_model, unregister_model
+    from purify.pipeline import DefendedClassifier
+
+    register_model("user_net_for_retrofit", UserNet)
+    try:
+        torch.manual_seed(0)
+        model = DefendedClassifier(None, "user_net_for_retrofit", retrofit={"activation": "jumprelu", "kappa": 0.2})
+        assert isinstance(model.classifier, Retrofitted) and model.classifier.activation.kappa == 0.2
+        x = torch.randn(4, 8)
+        torch.testing.assert_close(model.classifier(x), _manual(model.classifier.model, x, 0.2), rtol=0, atol=1e-6)
+    finally:
+        unregister_model("user_net_for_retrofit")
