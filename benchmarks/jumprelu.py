@@ -288,7 +288,8 @@ def build_page(results: list[dict[str, Any]], command: str) -> str:
              f"- Page: `{command}` (each model's own command: the end of this page)", f"- Machine: {machine()}", f"- Date: {dt.date.today().isoformat()}",
              "- Models: ours (LeNet-5 for the paper's LeNetLike; ResNet-20 / ResNet-56 / the small CNN for its "
              "WideResNet / MobileNetV2 / AlexLike). Robust = adversarially trained: ours PGD-AT (MNIST) and "
-             "FGSM-RS (CIFAR-10); the paper's FGSM with mixed clean/adversarial batches.",
+             "FGSM-RS (CIFAR-10); the paper's FGSM with mixed clean/adversarial batches. The paper column quotes "
+             "its LeNetLike (MNIST) and its WideResNet (CIFAR-10, every CIFAR row), base or robust.",
              "- PGD as Madry et al.: MNIST ε 0.3, step 0.01, 40 steps; CIFAR-10 ε 8/255, step 2/255, 7 steps. "
              "DeepFool 50 iterations (overshoot 0.02); TR (trust region, L2) 1,000 steps. Relative "
              "perturbations (in parentheses) are the paper's plug-in estimator over the fooled images, in %.",
