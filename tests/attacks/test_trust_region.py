@@ -208,7 +208,9 @@ def test_eot_of_a_deterministic_model_is_the_plain_attack():
     with torch.no_grad():
         y = model(x).argmax(1)
     plain = trust_region(model, x, y)
-    assert torch.equal(trust_region(eot(model, samples=2), x, y), plain)
+    # EOT of a deterministic model: the same loss and gradient, but log(mean softmax) is not the same
+    # kernel as log_softmax, so the iterates agree to float noise, not bitwise
+    torch.testing.assert_close(trust_region(eot(model, samples=2), x, y), plain, atol=1e-5, rtol=0)
 
 
 def test_eot_draws_every_evaluation_afresh():
