@@ -90,3 +90,100 @@ def test_shipped_head_loads_and_classifies_real_images(name, data_dir):
         softmax = model(x).argmax(1)
     assert (wnll == y).float().mean() >= 0.85
     assert (wnll == softmax).float().mean() >= 0.9
+
+
+# ----------------------------------------------------------------------------- end-to-end WNLL (whole network)
+
+class _BlobNet(torch.nn.Module):
+    """A two-layer network with features() and a linear classifier, as the recipe expects of a ResNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 6))
+        self.linear = torch.nn.Linear(6, 4)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.linear(self.features(x))
+
+
+def test_e2e_wnll_step_reaches_every_layer_but_the_linear_branch_with_the_straight_through_gradient():
+    from purify.training.wnll import WNLLAlternating, balanced_split
+    from purify.wnll import TemplateSet, wnll_interpolate
+
+    x, y = _blobs(80, 3)
+    net, recipe = _BlobNet(), WNLLAlternating(templates_per_class=5, num_classes=4)
+    recipe.start_epoch(1)
+    assert recipe.phase == "wnll"
+    loss, stats = recipe(net, x, y, generator=torch.Generator().manual_seed(7))
+    loss.backward()
+    assert net.linear.weight.grad is None                         # the linear branch is held fixed
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.body.parameters())
+    # the gradient at the features is (u - onehot(y)) / Q through the linear weights, on the queries only
+    h = net.features(x).detach().requires_grad_(True)
+    t_idx, q_idx = balanced_split(y, 5, 4, torch.Generator().manual_seed(7))
+    u = wnll_interpolate(h[q_idx].detach(), TemplateSet(h[t_idx].detach(), y[t_idx]), mode="transductive")
+    want = torch.zeros_like(h)
+    want[q_idx] = (u - torch.nn.functional.one_hot(y[q_idx], 4)) @ net.linear.weight.detach() / len(q_idx)
+    loss2, _ = recipe(net, x, y, generator=torch.Generator().manual_seed(7))   # same split from the same seed
+    (got,) = torch.autograd.grad(training.wnll_straight_through(h, y, net.linear, per_class=5, num_classes=4,
+                                                                generator=torch.Generator().manual_seed(7))[0], h)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # the loss's value is WNLL's cross-entropy on the queries
+    torch.testing.assert_close(loss2.detach(), torch.nn.functional.nll_loss(u.clamp_min(1e-12).log(), y[q_idx]))
+    assert 0.0 <= stats["acc"] <= 100.0
+
+
+def test_e2e_wnll_alternates_per_epoch_in_the_trainer_and_learns(tmp_path):
+    from purify.training.trainer import TrainConfig, fit
+    from purify.training.wnll import WNLLAlternating
+
+    x, y = _blobs(400, 4)
+    vx, vy = _blobs(200, 5)
+    seen = []
+
+    class Spy(WNLLAlternating):
+        def __call__(self, model, xb, yb, *, generator):
+            seen.append(self.phase)
+            return super().__call__(model, xb, yb, generator=generator)
+
+    cfg = TrainConfig(epochs=4, batch_size=100, lr=0.05, augment="none", val_count=200, schedule="cosine")
+    net = _BlobNet()
+    before = WNLLAlternating(num_classes=4).validate(net, vx, vy, seed=0)["wnll"]
+    result = fit(net, Spy(templates_per_class=5, num_classes=4), (x, y), (vx, vy), config=cfg, progress=False,
+                 checkpoint=tmp_path / "ck.pt")
+    assert seen == ["linear"] * 4 + ["wnll"] * 4 + ["linear"] * 4 + ["wnll"] * 4
+    assert all("val_wnll" in r for r in result.history)
+    assert result.best["val_wnll"] == max(r["val_wnll"] for r in result.history)    # selected on WNLL accuracy
+    assert result.best["val_wnll"] > max(before, 90.0), (before, result.history)
+    # a resumed run starts its epoch in the right phase (the trainer tells the recipe after a resume too)
+    seen.clear()
+    net2 = _BlobNet()
+    fit(net2, Spy(templates_per_class=5, num_classes=4), (x, y), (vx, vy), config=cfg, progress=False,
+        checkpoint=tmp_path / "ck2.pt", stop_after_steps=6)
+    seen.clear()
+    fit(net2, Spy(templates_per_class=5, num_classes=4), (x, y), (vx, vy), config=cfg, progress=False,
+        checkpoint=tmp_path / "ck2.pt", resume=True)
+    assert seen == ["wnll"] * 2 + ["linear"] * 4 + ["wnll"] * 4
+
+
+def test_e2e_wnll_recipe_checks_its_settings_and_the_model():
+    from purify.errors import RangeError, UnknownNameError
+    from purify.training.wnll import WNLLAlternating
+    from purify.wnll import WNLLError
+
+    with pytest.raises(UnknownNameError):
+        WNLLAlternating(schedule=("linear", "softmax"))
+    with pytest.raises(RangeError):
+        WNLLAlternating(schedule=())
+    with pytest.raises(RangeError):
+        WNLLAlternating(templates_per_class=0)
+    recipe = WNLLAlternating(num_classes=4)
+    recipe.start_epoch(1)
+    body = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    body.features = lambda v: v                               # features but no linear branch
+    with pytest.raises(WNLLError, match="no nn.Linear 'linear' or 'fc'"):
+        recipe(body, *_blobs(40, 0), generator=torch.Generator().manual_seed(0))

@@ -61,3 +61,25 @@ def test_config_and_bad_settings():
         TVMAugment(Standard(), regime="original")
     with pytest.raises(RangeError):
         TVMAugment(Standard(), drop_prob=1.0)
+
+
+def test_validation_behind_tvm_and_the_selection_score():
+    from purify.training.trainer import recipe_validation
+    from purify.training.wnll import WNLLAlternating
+
+    net = Seen()
+    x, y = torch.rand(20, 3, 8, 8), torch.arange(20) % 10
+    aug = TVMAugment(Standard(), regime="tvm")
+    got = recipe_validation(net, aug, x, y, seed=3)
+    xt = tv_minimize(x, weight=0.1, drop_prob=0.3, generator=torch.Generator().manual_seed(3))
+    assert set(got) == {"purified"}
+    assert got["purified"] == 100.0 * float((net(xt).argmax(1) == y).sum()) / 20        # fixed masks from the seed
+    assert recipe_validation(net, Standard(), x, y, seed=3) == {}
+    row = {"val_clean": 80.0, "val_purified": 60.0}
+    assert aug.validation_score(row) == 60.0
+    assert TVMAugment(Standard(), regime="both").validation_score(row) == 70.0
+    # with the WNLL recipe underneath: its WNLL accuracy without and with TVM in front
+    both = TVMAugment(WNLLAlternating(), regime="both")
+    assert both.validation_score({"val_clean": 0.0, "val_wnll": 90.0, "val_wnll_purified": 70.0}) == 80.0
+    both.start_epoch(1)
+    assert both.base.phase == "wnll"

@@ -49,6 +49,7 @@ class Cell:
     eot_samples: int | None
     key: dict[str, Any]
     hash: str
+    through: str | None = None       # WNLL head: what the attack differentiates, when not the defense's choice
 
     @property
     def slug(self) -> str:
@@ -162,7 +163,11 @@ def expand_cells(cfg: RunConfig, base: dict[str, Any]) -> list[Cell]:
                             key["substitute"] = dict(cfg.substitute)
                         key.update(attack=entry.name, params=params, eps=eps.value if eps else None,
                                    threat_model=tm, eot_samples=n)
-                        cells.append(Cell(entry.id, entry.name, entry.norm, eps, tm, params, n, key, key_hash(key)))
+                        through = entry.through if entry.through not in (None, cfg.attack_through) else None
+                        if through is not None:      # only then: the cells of every other entry keep their keys
+                            key["through"] = through
+                        cells.append(Cell(entry.id, entry.name, entry.norm, eps, tm, params, n, key, key_hash(key),
+                                          through))
     return cells
 
 

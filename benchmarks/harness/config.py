@@ -41,6 +41,8 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full, substitute, blackbox
     eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
     params = { step_ratio = 0.25, iters = [10, 50] }   # the attack's settings (purify.attacks.registry)
+    through = "surrogate"                # optional, WNLL head only: this entry differentiates the other side
+                                         # than defense.attack_through (a worst ensemble can hold both)
 
     [examples]                           # optional: the cell shown in examples.png
     attack = "pgd"; eps = "8/255"; threat_model = "bpda"; n = 6
@@ -80,7 +82,7 @@ _TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "mod
 _REQUIRED_TOP = ("description", "data", "model")   # and [[attacks]] or [worst]
 _DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
 _STAGE_KEYS = {"name", "params"}
-_ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params"}
+_ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params", "through"}
 _EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
 _PAPER_KEYS = {"source", "clean", "clean_defended", "note", "results"}
 _PAPER_RESULT_KEYS = {"attack", "threat_model", "label", "eps", "accuracy", "note"}
@@ -142,7 +144,7 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     raw_attacks = cfg.get("attacks", [])
     if not isinstance(raw_attacks, list) or (not raw_attacks and "worst" not in cfg):
         raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries), or a [worst] table")
-    attacks = tuple(_parse_attack(ctx, a, i, stages) for i, a in enumerate(raw_attacks))
+    attacks = tuple(_parse_attack(ctx, a, i, stages, head) for i, a in enumerate(raw_attacks))
     worst = parse_worst(ctx, cfg.get("worst"), stages, attacks)
     keys = attack_keys(attacks + worst_entries(worst, stages), len(attacks))
     attacks += worst_entries(worst, stages)
@@ -225,7 +227,7 @@ def _parse_defense(ctx: Ctx, t: dict[str, Any]) -> tuple[tuple[tuple[str, dict[s
     return tuple(stages), head, head_params, attack_through
 
 
-def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
+def _parse_attack(ctx: Ctx, a: Any, i: int, stages, head: str = "softmax") -> AttackEntry:
     key = f"attacks[{i}]"
     a = ctx.table(a, key)
     ctx.keys(a, _ATTACK_KEYS, key, ("name", "threat_models"))
@@ -250,7 +252,16 @@ def _parse_attack(ctx: Ctx, a: Any, i: int, stages) -> AttackEntry:
     eot = tuple(ctx.integer(n, f"{key}.eot_samples", low=1)
                 for n in ctx.as_list(a.get("eot_samples", DEFAULT_EOT_SAMPLES), f"{key}.eot_samples"))
     params = _parse_attack_params(ctx, spec, dict(ctx.table(a.get("params", {}), f"{key}.params")), f"{key}.params")
-    entry = AttackEntry(id=aid, name=name, eps=eps, threat_models=tms, eot_samples=eot, params=params)
+    through = None
+    if "through" in a:       # one entry through the other side of a WNLL head than the defense's attack_through
+        if head != "wnll":
+            raise ctx.error(f"{key}.through", "only used with head = \"wnll\"; remove it or set the head")
+        through = ctx.string(a["through"], f"{key}.through", ATTACK_THROUGH)
+        if any(t in SUBSTITUTE_SOURCE for t in tms):
+            raise ctx.error(f"{key}.through", "substitute / blackbox attacks differentiate the substitute model, "
+                            "not the head")
+    entry = AttackEntry(id=aid, name=name, eps=eps, threat_models=tms, eot_samples=eot, params=params,
+                        through=through)
     if "full" in tms or "eot" in tms:
         _check_full_differentiable(ctx, stages, f"{key}.threat_models")
     return entry

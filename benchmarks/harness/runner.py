@@ -79,6 +79,7 @@ class Prepared:
     cells: list[Cell]
     base: dict[str, Any]
     substitute: torch.nn.Module | None = None   # [substitute]: what substitute / blackbox attacks differentiate
+    other_side: torch.nn.Module | None = None   # WNLL head: the side not chosen by attack_through (entries' through)
 
 
 @dataclass
@@ -132,7 +133,7 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     for section in sections:
         models[section], identity[section] = load_classifier(cfg, section, folder, dev)
         check_fit(cfg, section, models[section], ds, x, y, dev)
-    classifier, attack_classifier = _with_head(cfg, models["model"], dev, len(ds.classes))
+    classifier, attack_classifier, other_side = _with_head(cfg, models["model"], dev, len(ds.classes))
     user_data = None if "dataset" in cfg.data else {
         "path": Path(cfg.data["path"]).name, "resize": cfg.data["resize"], "mode": cfg.data["mode"],
         "images_sha256": images_sha256(x)}
@@ -141,7 +142,7 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
         base["model"]["head"]["sha256"] = classifier.head.sha256
     pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
     return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=classifier,
-                    attack_classifier=attack_classifier, pipeline=pipeline, full=full,
+                    attack_classifier=attack_classifier, other_side=other_side, pipeline=pipeline, full=full,
                     cells=expand_cells(cfg, base), base=base, substitute=models.get("substitute"))
 
 
@@ -157,10 +158,15 @@ class _Surrogate(torch.nn.Module):
 
 
 def _with_head(cfg: RunConfig, model: torch.nn.Module, dev: torch.device,
-               num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(evaluated classifier, attacked classifier) for the config's head."""
+               num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module | None]:
+    """(evaluated classifier, attacked classifier, the head's other side) for the config's head.
+
+    With a WNLL head the attacker differentiates the head itself (``attack_through = "head"``) or
+    its surrogate, the linear branch (a plain head has none: the backbone's own softmax classifier
+    stands in); the side not chosen is the third value, for entries with their own ``through``.
+    """
     if cfg.head == "softmax":
-        return model, model
+        return model, model, None
     from purify.pipeline import DefendedClassifier
     from purify.wnll import WNLLHead
 
@@ -177,11 +183,10 @@ def _with_head(cfg: RunConfig, model: torch.nn.Module, dev: torch.device,
         raise _error(cfg, "defense.head_params.artifact", f"the head was built on {backbone} features, the config's "
                      f"model is {cfg.model.get('name') or 'your own'}; use a head made for it")
     classifier = DefendedClassifier(None, model, head=head).eval()
+    surrogate = model if head.surrogate is None else _Surrogate(model, head).eval()
     if cfg.attack_through == "head":
-        return classifier, classifier
-    if head.surrogate is None:           # a plain head: the surrogate is the backbone's own softmax classifier
-        return classifier, model
-    return classifier, _Surrogate(model, head).eval()
+        return classifier, classifier, surrogate
+    return classifier, surrogate, classifier
 
 
 def _generator(device: torch.device, *parts: Any) -> torch.Generator:
@@ -275,7 +280,8 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
     und = torch.tensor(clean["undefended_correct"], dtype=torch.bool)
     dfd = torch.tensor(clean["defended_correct"] or [], dtype=torch.bool)
     bs = p.cfg.batch_size
-    attacked = p.substitute if first.threat_model in SUBSTITUTE_SOURCE else p.attack_classifier
+    attacked = (p.substitute if first.threat_model in SUBSTITUTE_SOURCE
+                else p.other_side if first.through is not None else p.attack_classifier)
     for b, xb, yb in _batches(p):
         t0 = time.perf_counter()
         model_fn, counted = attack_model_fn(first.threat_model, attacked, p.pipeline, p.full,

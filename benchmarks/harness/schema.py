@@ -70,6 +70,7 @@ class AttackEntry:
     threat_models: tuple[str, ...]
     eot_samples: tuple[int, ...]
     params: dict[str, Any]           # may hold lists for swept keys
+    through: str | None = None       # WNLL head only: "head" or "surrogate" for this entry (None: the defense's)
 
     @property
     def spec(self) -> AttackSpec:

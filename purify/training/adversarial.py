@@ -50,7 +50,7 @@ from purify.models.trained import ARTIFACT_FORMAT, build_network, load_trained
 from purify.training._logging import training_log
 from purify.models import create_model
 from purify.training.recipes import RECIPES, TVM_REGIMES, TVMAugment, make_recipe, parse_fraction
-from purify.training.trainer import SCHEDULES, TrainConfig, evaluate, fit
+from purify.training.trainer import SCHEDULES, TrainConfig, evaluate, fit, recipe_validation
 
 __all__ = ["DATASETS", "MODELS", "main"]
 
@@ -217,6 +217,8 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     test = _uint8_nchw(load_dataset(args.dataset, "test", data_dir=args.data_dir), args.test_count)
     metrics = evaluate(model, *test, eps=eps, step=test_step, iters=test_iters if eps > 0 else (), seed=args.seed,
                        device=device, progress=not args.no_progress, desc="test")
+    # the recipe's own figures on the test set too (accuracy behind TVM, WNLL accuracy)
+    metrics.update(recipe_validation(model, recipe, *test, seed=args.seed + 2, device=device))
     log.info("best epoch %d: val clean %.2f%%%s; test (%d images): %s", result.best_epoch, result.best["val_clean"],
              f", val pgd{cfg.val_iters} {result.best['val_pgd']:.2f}%" if result.best["val_pgd"] is not None else "",
              len(test[0]), ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items()))
@@ -234,11 +236,15 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                  "test": f"the first {len(test[0]):,} images of the test set", "test_count": len(test[0])},
         "training": {**{k: v for k, v in vars(cfg).items()}, "init_from": init_from, "epochs_run": len(result.history),
                      "stopped": result.stopped, "best_epoch": result.best_epoch,
-                     "selection": f"best {'PGD' if recipe.adversarial else 'clean'} validation accuracy",
+                     "selection": ("best PGD validation accuracy" if recipe.adversarial else
+                                   f"best validation score: {recipe.score_text}"
+                                   if hasattr(recipe, "validation_score") else "best clean validation accuracy"),
                      "train_seconds": round(result.train_seconds), "images_per_s": round(result.images_per_s, 1),
                      "threads": torch.get_num_threads(), "device": str(device), "torch": str(torch.__version__),
                      "history": result.history},
         "val": {"clean": result.best["val_clean"], "pgd": result.best["val_pgd"],
+                **{k[4:]: v for k, v in result.best.items() if k.startswith("val_") and k not in
+                   ("val_clean", "val_pgd")},
                 "attack": (f"L∞ PGD-{cfg.val_iters}, eps {args.eps}, step {cfg.val_step:g}, one random start"
                            if recipe.adversarial else None)},
         "test": {**metrics, "attack": (f"L∞ PGD-k for k in {list(test_iters)}, eps {args.eps}, step {test_step:g}, "

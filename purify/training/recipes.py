@@ -68,6 +68,14 @@ class Recipe(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
+    """Accuracy in percent of ``model`` (eval mode, no gradient) on ``x``."""
+    with torch.no_grad():
+        correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                      for i in range(0, len(x), batch_size))
+    return 100.0 * correct / max(1, len(x))
+
+
 def _loss_and_stats(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
     logits = model(x)
     loss = F.cross_entropy(logits, y)
@@ -246,6 +254,40 @@ class TVMAugment:
             return tv_minimize(x.detach(), weight=self.weight, drop_prob=self.drop_prob, iters=self.iters,
                                generator=generator)
 
+    def start_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "start_epoch"):
+            self.base.start_epoch(epoch)
+
+    def validate(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> dict[str, float]:
+        """The base recipe's validation figures (its accuracy when it has none) behind TVM, and its own.
+
+        Masks from a generator seeded with ``seed`` (the same every epoch). Keys: ``purified`` (the
+        model's accuracy behind TVM) for a base without ``validate``; else the base's keys, and
+        each again with ``_purified``.
+        """
+        xt = self.purify(x, generator=torch.Generator(device=x.device).manual_seed(seed))
+        if not hasattr(self.base, "validate"):
+            return {"purified": _accuracy(model, xt, y)}
+        out = self.base.validate(model, x, y, seed=seed)
+        return {**out, **{f"{k}_purified": v for k, v in self.base.validate(model, xt, y, seed=seed).items()}}
+
+    @property
+    def score_text(self) -> str:
+        what = getattr(self.base, "score_key", "clean")
+        return (f"{what} accuracy with TVM in front" if self.regime == "tvm" else
+                f"mean of the {what} accuracies without and with TVM in front")
+
+    def validation_score(self, row: dict[str, Any]) -> float:
+        """What the trainer selects epochs on (a learning-curve row with this recipe's ``val_*`` entries).
+
+        ``"tvm"`` trains a model meant to sit behind TVM: its accuracy there. ``"both"`` trains one
+        for either use: the mean of its accuracies without and with TVM in front.
+        """
+        key = getattr(self.base, "score_key", "clean")
+        clean = row[f"val_{key}"]
+        purified = row["val_purified"] if key == "clean" else row[f"val_{key}_purified"]
+        return purified if self.regime == "tvm" else (clean + purified) / 2
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
                  generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
         xt = self.purify(x, generator=generator)
@@ -264,7 +306,13 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "pgd_at": lambda eps, step=None, iters=7, **kw: PGDAT(eps=eps, step=eps / 4 if step is None else step,
                                                          iters=iters),
     "fgsm_rs": lambda eps, alpha=None, **kw: FGSMRS(eps=eps, alpha=alpha),
+    "wnll_alternating": lambda eps=0.0, **kw: _wnll_alternating(),
 }
+
+
+def _wnll_alternating() -> Recipe:
+    from purify.training.wnll import WNLLAlternating     # it needs the WNLL solver; imported when asked for
+    return WNLLAlternating()
 
 
 def make_recipe(name: str, *, eps: float = 0.0, step: float | None = None, iters: int = 7,
@@ -280,7 +328,7 @@ def make_recipe(name: str, *, eps: float = 0.0, step: float | None = None, iters
         True
     """
     check_choice("make_recipe", name, name="recipe", choices=tuple(RECIPES))
-    if name != "standard" and not eps > 0:
+    if name not in ("standard", "wnll_alternating") and not eps > 0:
         raise RangeError(f"make_recipe: expected eps > 0 for the adversarial recipe {name!r}, got {eps}; "
                          "pass e.g. --eps 8/255")
     return RECIPES[name](eps=eps, step=step, iters=iters, alpha=alpha)

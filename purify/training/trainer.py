@@ -15,7 +15,13 @@ so every shipped classifier is trained, checkpointed and selected the same way:
   ``cosine``), so the schedule's state is the step counter saved in the checkpoint;
 * **validation** after every epoch on a fixed subset of the validation split (its first
   ``val_count`` images, eval mode): clean accuracy and, for adversarial recipes, accuracy under
-  PGD-``val_iters`` at the training eps from a seeded random start — the learning curve;
+  PGD-``val_iters`` at the training eps from a seeded random start — the learning curve. A
+  recipe with a ``validate(model, x, y, *, seed)`` method adds its own figures (accuracy behind
+  TVM for :class:`~purify.training.recipes.TVMAugment`, WNLL accuracy for
+  :class:`~purify.training.recipes.WNLLAlternating`; same seed every epoch, ``seed + 2``) as
+  ``val_<name>`` entries, and one with ``validation_score(row)`` says what epochs are selected on;
+* **phases**: a recipe with ``start_epoch(epoch)`` is told when each epoch begins (also after a
+  resume), e.g. to alternate its loss per epoch;
 * **catastrophic overfitting** (Wong et al. 2020): when the PGD validation accuracy falls more
   than ``co_threshold`` percentage points below its best (:func:`catastrophic_overfitting`),
   the run says so in a warning, stops, and ends with the best epoch's weights. Adversarial
@@ -59,7 +65,7 @@ from purify.errors import PurifyError
 from purify.training.recipes import Recipe
 
 __all__ = ["SCHEDULES", "AUGMENTATIONS", "TrainConfig", "FitResult", "lr_at", "crop_flip", "evaluate",
-           "catastrophic_overfitting", "fit"]
+           "catastrophic_overfitting", "recipe_validation", "fit"]
 
 log = logging.getLogger("purify.training.trainer")
 
@@ -217,6 +223,20 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, eps: float = 0.0, step: 
     return {k: 100.0 * v / max(1, len(x)) for k, v in correct.items()}
 
 
+def recipe_validation(model: nn.Module, recipe: Recipe, x: Tensor, y: Tensor, *, seed: int,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """The recipe's own validation figures (``recipe.validate``), in percent; ``{}`` for recipes without one.
+
+    Shape:
+        x: (N, C, H, W) uint8 or float in [0, 1]; y: (N,).
+    """
+    if not hasattr(recipe, "validate"):
+        return {}
+    model.eval()
+    with torch.no_grad():
+        return recipe.validate(model, _as_images(x).to(device), y.to(device), seed=seed)
+
+
 def catastrophic_overfitting(curve: Sequence[float], threshold: float) -> int | None:
     """Index of the first value more than ``threshold`` below the best value before it, or None.
 
@@ -311,6 +331,8 @@ def fit(model: nn.Module, recipe: Recipe, train: tuple[Tensor, Tensor], val: tup
     result = FitResult()
     while state["epoch"] < cfg.epochs and state["stopped"] is None:
         epoch = state["epoch"]
+        if hasattr(recipe, "start_epoch"):
+            recipe.start_epoch(epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         model.train()
         sums = state["sums"]
@@ -349,19 +371,23 @@ def fit(model: nn.Module, recipe: Recipe, train: tuple[Tensor, Tensor], val: tup
         metrics = evaluate(model, val_x, val_y, eps=cfg.val_eps, step=cfg.val_step,
                            iters=(cfg.val_iters,) if select == "pgd" and cfg.val_iters else (), seed=cfg.seed,
                            device=device)
+        extra = recipe_validation(model, recipe, val_x, val_y, seed=cfg.seed + 2, device=device)
         lr = lr_at(state["step"] - 1, total, lr=cfg.lr, schedule=cfg.schedule, peak=cfg.peak)
         row = {"epoch": epoch + 1, "lr_end": lr, "train_loss": sums["loss"] / sums["n"],
                "train_acc": sums["acc"] / sums["n"], "val_clean": metrics["clean"],
                "val_pgd": metrics.get(f"pgd{cfg.val_iters}"), "train_s": round(sums.get("seconds", 0.0), 1),
                "images_per_s": round(sums["n"] / max(sums.get("seconds", 0.0), 1e-9), 1)}
+        row.update({f"val_{k}": v for k, v in extra.items()})
         state["history"].append(row)
-        score = row["val_pgd"] if select == "pgd" else row["val_clean"]
+        score = (row["val_pgd"] if select == "pgd" else recipe.validation_score(row)
+                 if hasattr(recipe, "validation_score") else row["val_clean"])
         if state["best"] is None or score > state["best"]["score"]:
             state["best"] = {"epoch": epoch + 1, "score": score, "state": copy.deepcopy(model.state_dict())}
         log.info("epoch %d/%d: lr %.4f, train loss %.4f acc %.2f%% (%s inputs), val clean %.2f%%%s, "
                  "%.0f img/s, best epoch %d", epoch + 1, cfg.epochs, lr, row["train_loss"], row["train_acc"],
                  recipe.name, row["val_clean"],
-                 f" pgd{cfg.val_iters} {row['val_pgd']:.2f}%" if row["val_pgd"] is not None else "",
+                 f" pgd{cfg.val_iters} {row['val_pgd']:.2f}%" if row["val_pgd"] is not None else
+                 "".join(f", {k} {v:.2f}%" for k, v in extra.items()),
                  row["images_per_s"], state["best"]["epoch"])
         if select == "pgd":
             hit = catastrophic_overfitting([r["val_pgd"] for r in state["history"]], cfg.co_threshold)

@@ -38,7 +38,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -46,10 +46,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from purify._download import cache_root
+from purify._checks import check_choice, check_int
+from purify.errors import RangeError
 from purify.training._logging import training_log
-from purify.wnll import TemplateSet, WNLLHead, make_buffer, wnll_interpolate
+from purify.wnll import TemplateSet, WNLLError, WNLLHead, make_buffer, wnll_interpolate
 
-__all__ = ["cached_features", "train_buffer", "build_head", "main"]
+__all__ = ["cached_features", "balanced_split", "wnll_straight_through", "WNLLAlternating", "train_buffer",
+           "build_head", "main"]
 
 log = logging.getLogger("purify.training.wnll")
 
@@ -94,15 +97,131 @@ def cached_features(model_name: str, split: str, *, data_dir: str | Path | None,
 
 
 def balanced_split(labels: Tensor, per_class: int, num_classes: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Indices of ``per_class`` templates per class drawn from a batch, and the rest (the queries)."""
+    """Indices of ``per_class`` templates per class drawn from a batch, and the rest (the queries).
+
+    A class with fewer than ``per_class`` images in the batch gives all of them as templates.
+    Indices are on ``labels``' device; ``g`` may live on the CPU or on that device.
+    """
     tmpl = []
     for c in range(num_classes):
         idx = torch.nonzero(labels == c).flatten()
-        tmpl.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+        tmpl.append(idx[torch.randperm(len(idx), generator=g, device=g.device).to(idx.device)[:per_class]])
     tmpl = torch.cat(tmpl)
-    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
     mask[tmpl] = False
     return tmpl, torch.nonzero(mask).flatten()
+
+
+def wnll_straight_through(h: Tensor, y: Tensor, linear: nn.Linear, *, per_class: int, num_classes: int,
+                          generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """One WNLL step of the paper's alternating recipe: (loss, query scores u, query labels).
+
+    The batch's features ``h`` are split into balanced templates and queries; the queries are
+    interpolated transductively (one graph with the templates, as in the paper). WNLL has no
+    usable gradient, so its scores ``u`` stand in for the linear branch's softmax: the loss's value
+    is WNLL's cross-entropy, its gradient the one cross-entropy would have if softmax(z) were u,
+    i.e. ``u - onehot(y)`` on the linear logits z of the queries, back through the linear branch
+    (whose own weights are held fixed) to ``h``. Differentiating ``-log u_y`` directly would give
+    ``-1/u_y``, unbounded when ``u_y -> 0``.
+
+    Shape:
+        h: (B, D) with a gradient; y: (B,). u: (Q, C), the queries' labels (Q,).
+    """
+    t_idx, q_idx = balanced_split(y, per_class, num_classes, generator)
+    with torch.no_grad():
+        templates = TemplateSet(h[t_idx].detach(), y[t_idx], {"num_classes": num_classes})
+        u = wnll_interpolate(h[q_idx].detach(), templates, mode="transductive")
+    z = nn.functional.linear(h[q_idx], linear.weight.detach(), linear.bias.detach())
+    target = nn.functional.one_hot(y[q_idx], num_classes).to(z.dtype)
+    surrogate = ((u - target) * z).sum(1).mean()
+    value = nn.functional.nll_loss(torch.log(u.clamp_min(1e-12)), y[q_idx])
+    return surrogate + (value - surrogate).detach(), u, y[q_idx]
+
+
+def _linear_branch(model: nn.Module) -> nn.Linear:
+    """The classifier's last linear layer (``linear`` or ``fc`` of the model or of the model it wraps)."""
+    inner = getattr(model, "model", model)
+    for name in ("linear", "fc"):
+        layer = getattr(inner, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    raise WNLLError(f"WNLLAlternating: {type(inner).__name__} has no nn.Linear 'linear' or 'fc' layer on its "
+                    "features(); the linear branch is that layer")
+
+
+class WNLLAlternating:
+    """The WNLL/TVM paper's alternating recipe with the whole network trainable (end-to-end WNLL).
+
+    Epochs alternate (``schedule``): a ``linear`` epoch is cross-entropy on the network's own
+    linear classifier; a ``wnll`` epoch splits every batch into ``templates_per_class`` templates
+    per class and queries and trains on WNLL's loss by straight-through estimation
+    (:func:`wnll_straight_through`), reaching every layer below the features. The network itself
+    is the buffer: its penultimate features are what the WNLL head interpolates at test time, and
+    its linear classifier is the linear branch (the attack surrogate). The trainer calls
+    :meth:`start_epoch`; :meth:`validate` gives WNLL's accuracy on the validation images (half of
+    them, balanced, as templates; the rest queried, inductively), which selects the epoch.
+
+    Shape:
+        x: (B, C, H, W) in [0, 1]; y: (B,); the model has ``features(x) -> (B, D)`` and a linear layer.
+    Example:
+        >>> from purify.models.resnet_cifar import CifarResNet
+        >>> net, recipe = CifarResNet(depth=8), WNLLAlternating(templates_per_class=2)
+        >>> recipe.start_epoch(1)          # a "wnll" epoch
+        >>> x, y = torch.rand(40, 3, 32, 32), torch.arange(40) % 10
+        >>> loss, stats = recipe(net, x, y, generator=torch.Generator().manual_seed(0))
+        >>> recipe.phase, loss.requires_grad
+        ('wnll', True)
+    """
+
+    adversarial = False
+    score_key = "wnll"
+    score_text = ("WNLL accuracy on the validation images (half of them as templates, balanced by class, the "
+                  "other half queried, inductive)")
+
+    def __init__(self, *, templates_per_class: int = 6, schedule: Sequence[str] = ("linear", "wnll"),
+                 num_classes: int = 10) -> None:
+        fn = "WNLLAlternating"
+        self.templates_per_class = check_int(fn, templates_per_class, name="templates_per_class", low=1)
+        self.num_classes = check_int(fn, num_classes, name="num_classes", low=2)
+        self.schedule = tuple(check_choice(fn, p, name="schedule", choices=("linear", "wnll")) for p in schedule)
+        if not self.schedule:
+            raise RangeError(f"{fn}: expected a non-empty schedule such as ('linear', 'wnll')")
+        self.phase = self.schedule[0]
+
+    @property
+    def name(self) -> str:
+        return "wnll_alternating"
+
+    def start_epoch(self, epoch: int) -> None:
+        self.phase = self.schedule[epoch % len(self.schedule)]
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+        if self.phase == "linear":
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            return loss, {"loss": float(loss.detach()), "acc": 100.0 * float((logits.argmax(1) == y).float().mean())}
+        g = generator if generator is not None else torch.Generator(device=x.device).manual_seed(0)
+        loss, u, yq = wnll_straight_through(model.features(x), y, _linear_branch(model),
+                                            per_class=self.templates_per_class, num_classes=self.num_classes,
+                                            generator=g)
+        return loss, {"loss": float(loss.detach()), "acc": 100.0 * float((u.argmax(1) == yq).float().mean())}
+
+    def validate(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> dict[str, float]:
+        """``{"wnll": accuracy in percent}``: half of ``x`` (balanced) as templates, the rest queried inductively."""
+        with torch.no_grad():
+            feats = torch.cat([model.features(x[i:i + 500]) for i in range(0, len(x), 500)])
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        t_idx, q_idx = balanced_split(y, len(y) // (2 * self.num_classes), self.num_classes, g)
+        templates = TemplateSet(feats[t_idx], y[t_idx], {"num_classes": self.num_classes})
+        u = torch.cat([wnll_interpolate(feats[q_idx[i:i + 500]], templates) for i in range(0, len(q_idx), 500)])
+        return {"wnll": 100.0 * int((u.argmax(1) == y[q_idx]).sum()) / max(1, len(q_idx))}
+
+    def validation_score(self, row: dict[str, Any]) -> float:
+        return row["val_wnll"]
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "templates_per_class": self.templates_per_class, "schedule": list(self.schedule)}
 
 
 def wnll_accuracy(buffer: nn.Module | None, train_x: Tensor, train_y: Tensor, query_x: Tensor, query_y: Tensor, *,
@@ -152,19 +271,8 @@ def train_buffer(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
             if phase == "linear":
                 loss = nn.functional.cross_entropy(logits, y)
             else:
-                t_idx, q_idx = balanced_split(y, wnll_templates // num_classes, num_classes, g)
-                with torch.no_grad():
-                    u = wnll_interpolate(h[q_idx], TemplateSet(h[t_idx], y[t_idx]), mode="transductive")
-                # Straight-through: WNLL's scores u stand in for the linear branch's softmax. The loss is
-                # WNLL's cross-entropy; its gradient is the one cross-entropy would have if softmax(z) were
-                # u, i.e. (u - onehot) on the linear logits z, back through the linear branch to the buffer.
-                # (Differentiating -log u_y directly gives -1/u_y, unbounded when u_y -> 0.) The linear
-                # weights are held fixed in this phase.
-                z = nn.functional.linear(h[q_idx], linear.weight.detach(), linear.bias.detach())
-                target = nn.functional.one_hot(y[q_idx], num_classes).to(z.dtype)
-                surrogate = ((u - target) * z).sum(1).mean()
-                value = nn.functional.nll_loss(torch.log(u.clamp_min(1e-12)), y[q_idx])
-                loss = surrogate + (value - surrogate).detach()
+                loss = wnll_straight_through(h, y, linear, per_class=wnll_templates // num_classes,
+                                             num_classes=num_classes, generator=g)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -313,6 +313,22 @@ def test_wnll_head_runs_and_checks_its_artifact(tmp_path, data_dir, one_thread):
     # and the clean pass is the head's, not the softmax's
     assert {r["clean_accuracy"] for r in results["head"].values()} == {r["clean_accuracy"] for r in results["surrogate"].values()}
     assert results["head"]["none"]["accuracy"] <= results["head"]["none"]["clean_accuracy"]
+    # one config with both sides: an entry's own `through` attacks the surrogate beside the head's entry,
+    # and gives what the surrogate config gives (same images, same seeds, same model differentiated)
+    both = tmp_path / "both.toml"
+    both.write_text(_wnll_config(tmp_path, artifact, "head").read_text()
+                    + '[[attacks]]\nname = "fgsm"\nid = "fgsm-surrogate"\nthrough = "surrogate"\neps = [0.03]\n'
+                      'threat_models = ["none"]\n')
+    res = run(both, data_dir=data_dir, out=tmp_path / "both", progress=False)
+    by = {(r["attack"], r["threat_model"]): r for r in res.rows}
+    assert by[("fgsm-surrogate", "none")]["accuracy"] == results["surrogate"]["none"]["accuracy"]
+    assert by[("fgsm", "none")]["accuracy"] == results["head"]["none"]["accuracy"]
+    assert by[("fgsm-surrogate", "none")]["cell"] != by[("fgsm", "none")]["cell"]
+    softmax = tmp_path / "softmax.toml"
+    softmax.write_text(TINY.read_text() + '[[attacks]]\nname = "fgsm"\nid = "f2"\nthrough = "surrogate"\n'
+                       'eps = [0.03]\nthreat_models = ["none"]\n')
+    with pytest.raises(ConfigError, match=r'attacks\[\d\]\.through: only used with head = "wnll"'):
+        run(softmax, data_dir=data_dir, out=tmp_path / "softmax", progress=False)
     bad = tmp_path / "bad.toml"
     bad.write_text(_wnll_config(tmp_path, artifact, "head").read_text().replace("resnet20", "resnet56"))
     with pytest.raises(ConfigError, match=r"head_params\.artifact: the head was built on resnet20 features"):
