@@ -18,6 +18,7 @@ from purify.errors import (ChecksumError, DataNotFoundError, DeviceError, DTypeE
 from purify.gcln import GCLN, AttackDetector, CleaningGenerator, gcln_purify, load_generator
 from purify.pipeline import DefendedClassifier, Pipeline, Stage, as_pipeline
 from purify.registry import PurifierSpec, create_purifier, get_purifier_spec, list_purifiers
+from purify.squeeze import BitDepthReduce, MedianSmooth, bit_depth_reduce, median_smooth
 from purify.tv import DEFAULT_TV_ITERS, TVMinimize, bernoulli_mask, set_threads, tv_minimize
 from purify.transforms import Purify
 from purify.tv_reference import total_variation, tv_objective
@@ -30,6 +31,7 @@ __all__ = [
     "tv_minimize", "TVMinimize", "bernoulli_mask", "DEFAULT_TV_ITERS", "tv_objective", "total_variation",
     "set_threads",
     "dct_quantize", "DCTQuantize", "dct_matrix", "block_dct2d", "block_idct2d",
+    "bit_depth_reduce", "BitDepthReduce", "median_smooth", "MedianSmooth",
     "gcln_purify", "GCLN", "CleaningGenerator", "AttackDetector", "load_generator",
     "Pipeline", "Stage", "DefendedClassifier", "as_pipeline",
     "PurifierSpec", "create_purifier", "get_purifier_spec", "list_purifiers",

@@ -8,9 +8,10 @@ another folder under the same file names. (The ONNX export of a served model is 
 in the serving package.)
 
 Every command takes ``--threads N`` (:func:`purify.tv.set_threads`: torch and the TV kernel) and the
-method's own settings only: ``--weight`` / ``--drop-prob`` for tvm, ``--q`` for dct and gcln;
-a setting of another method is refused, as are settings that wash the image out (a drop rate of 1,
-a TV weight above 1). Bad arguments exit with status 2 before any work, failures during it with 1.
+method's own settings only: ``--weight`` / ``--drop-prob`` for tvm, ``--q`` for dct and gcln,
+``--bits`` for bit_depth, ``--size`` for median_smooth; a setting of another method is refused, as
+are settings that wash the image out (a drop rate of 1, a TV weight above 1) and bit depths and
+window sizes out of range. Bad arguments exit with status 2 before any work, failures during it with 1.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from purify import __version__
 from purify.api import purify
 from purify.errors import DataNotFoundError, PurifyError
 from purify.registry import get_purifier_spec, list_purifiers
+from purify.squeeze import MAX_BITS
 from purify.tv import set_threads
 
 # The command's report goes through this logger; main() attaches its console handlers
@@ -84,7 +86,9 @@ class UsageError(Exception):
 
 # Stage parameter -> its flag. A flag is accepted only with a method whose stage takes the parameter
 # (the registry says which), so `--q 5 --method tvm` is refused instead of silently ignored.
-_STAGE_FLAGS = {"weight": "--weight", "drop_prob": "--drop-prob", "q": "--q"}
+_STAGE_FLAGS = {"weight": "--weight", "drop_prob": "--drop-prob", "q": "--q", "bits": "--bits", "size": "--size"}
+# Which way each setting moves when the output comes out flat (the hint of _flat_warning).
+_LESS_SMOOTHING = {"weight": "lower", "drop_prob": "lower", "q": "lower", "bits": "raise", "size": "lower"}
 # Largest TV weight the command accepts. Above about 1 the minimizer of a CIFAR-sized image is nearly
 # flat and the solver's 160 iterations no longer reach it (relative objective gap 12 % at weight 1,
 # 4x at 10, against 1e-4 at the default 0.1); the step rule was tuned for 0.01-0.1 (tv_tuning.md).
@@ -113,6 +117,13 @@ def stage_params(args: argparse.Namespace) -> dict[str, float]:
         raise UsageError(f"--weight must be in [0, {_MAX_WEIGHT:g}], got {weight:g}: larger TV weights flatten the "
                          "image (each channel towards its mean) and the solver's 160 iterations do not converge "
                          f"there; the default {spec.defaults()['weight']:g} was chosen on validation images")
+    bits = given.get("bits")
+    if bits is not None and not 1 <= bits <= MAX_BITS:
+        raise UsageError(f"--bits must be in [1, {MAX_BITS}], got {bits}: the image keeps 2^bits grey levels per "
+                         f"channel; the default is {spec.defaults()['bits']}")
+    size = given.get("size")
+    if size is not None and size < 1:
+        raise UsageError(f"--size must be >= 1 (the median window's side; 1 leaves the image as it is), got {size}")
     return given
 
 
@@ -247,7 +258,17 @@ def _flat_warning(before, after, path: Path, method: str) -> None:
     if live.any() and np.all(spread_out[live] < 0.05 * spread_in[live]):
         console.warning(f"{path}: the output is nearly flat (its pixel spread is "
                         f"{100 * float((spread_out[live] / spread_in[live]).max()):.1f} % of the input's); "
-                        f"lower {'--weight or --drop-prob' if method == 'tvm' else '--q'}")
+                        f"{_less_smoothing(method)}")
+
+
+def _less_smoothing(method: str) -> str:
+    """``lower --weight or --drop-prob``: the method's own flags that make its output less flat."""
+    params = get_purifier_spec(method).params
+    by_way: dict[str, list[str]] = {}
+    for name, flag in _STAGE_FLAGS.items():
+        if name in params:
+            by_way.setdefault(_LESS_SMOOTHING[name], []).append(flag)
+    return "; ".join(f"{way} {' or '.join(flags)}" for way, flags in by_way.items())
 
 
 def image(args: argparse.Namespace) -> int:
@@ -289,6 +310,12 @@ def _common_flags() -> argparse.ArgumentParser:
     common.add_argument("--q", type=float, default=argparse.SUPPRESS,
                         help=f"dct, gcln: quantization step on the 0..255 scale (default: dct {dct['q']:g}, "
                              "gcln the generator's own)")
+    common.add_argument("--bits", type=int, default=argparse.SUPPRESS,
+                        help=f"bit_depth: bits per channel in [1, {MAX_BITS}] (default: "
+                             f"{get_purifier_spec('bit_depth').defaults()['bits']})")
+    common.add_argument("--size", type=int, default=argparse.SUPPRESS,
+                        help=f"median_smooth: side of the median window (default: "
+                             f"{get_purifier_spec('median_smooth').defaults()['size']})")
     common.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and the TV kernel (default: torch's, one per core; on a "
                              "machine busy with other jobs 1 is often much faster)")

@@ -22,7 +22,7 @@ can hold any of them:
 
 Example:
     >>> sorted(list_purifiers())
-    ['dct', 'gcln', 'tvm']
+    ['bit_depth', 'dct', 'gcln', 'median_smooth', 'tvm']
     >>> get_purifier_spec("tvm").randomized, get_purifier_spec("tvm").random_inputs
     (True, ('mask',))
     >>> sorted(get_purifier_spec("tvm").per_sample)
@@ -43,6 +43,7 @@ from purify._checks import per_sample as _per_sample
 from purify.dct import DCTQuantize, dct_quantize
 from purify.errors import UnknownNameError
 from purify.gcln import GCLN, gcln_purify
+from purify.squeeze import BitDepthReduce, MedianSmooth, bit_depth_reduce, median_smooth
 from purify.tv import TVMinimize, check_mask, tv_minimize
 
 __all__ = ["PurifierSpec", "ParamRange", "list_purifiers", "get_purifier_spec", "create_purifier",
@@ -169,6 +170,19 @@ _REGISTRY: dict[str, PurifierSpec] = {
         description="generative cleaning network: trained CNN with DCT quantization inside "
                     "(straight-through gradient with ste=True)",
         per_sample={"q": _POSITIVE}, graph_inputs=("q",), rounds=True,
+    ),
+    # Feature squeezing (Xu et al. 2018). Nothing varies per sample: bits and size are integers that
+    # fix the computation, so the server can set neither per request.
+    "bit_depth": PurifierSpec(
+        name="bit_depth", function=bit_depth_reduce, module=BitDepthReduce, differentiable=False,
+        randomized=False, rounds=True,
+        description="bit-depth reduction round(x*(2^bits-1))/(2^bits-1) (straight-through gradient with ste=True)",
+    ),
+    # A median selects an input pixel: autograd's gradient is the filter's exact one almost everywhere.
+    "median_smooth": PurifierSpec(
+        name="median_smooth", function=median_smooth, module=MedianSmooth, differentiable=True,
+        randomized=False,
+        description="per-channel size x size median filter, as scipy.ndimage.median_filter(mode='reflect')",
     ),
 }
 

@@ -90,8 +90,9 @@ def export_config(cfg: ServeConfig, path: str | os.PathLike, *, data_dir: str | 
 
     Raises:
         ConfigError (the config cannot be exported: an ONNX classifier, a stage setting that cannot
-        be traced), DataNotFoundError (no real images to verify on), ExportError (the graph disagrees
-        with torch; nothing is left at ``path``).
+        be traced, a rounding stage without a per-sample step ``q`` such as bit_depth), DataNotFoundError
+        (no real images to verify on), ExportError (the graph disagrees with torch; nothing is left at
+        ``path``).
     """
     say = progress or (lambda line: None)
     if cfg.onnx is not None:
@@ -113,7 +114,7 @@ def export_config(cfg: ServeConfig, path: str | os.PathLike, *, data_dir: str | 
         with _heartbeat(say, "tracing and verifying", HEARTBEAT_S) if progress else contextlib.nullcontext():
             return export_onnx(model, path, images, tol=tol, opset=opset, seed=seed, metadata=meta)
     except ExportError as err:
-        if "cannot be traced" in str(err):
+        if "cannot be traced" in str(err) or "cannot be verified" in str(err):
             raise ConfigError(f"{cfg.source}: stages: {err}") from err
         raise
 

@@ -32,6 +32,12 @@ moves that image's probabilities by ~1e-3. So a rounding pipeline is checked in 
    (:func:`purify.dct.rounding_margin`), and the graph must hold ONNX ``Round`` nodes (round half
    to even, as ``torch.round``). The report counts such images.
 
+A rounding stage without a per-sample ``q`` (``bit_depth``: its bit depth fixes the computation)
+cannot be checked with its rounding made negligible, and as deployed nearly every image of a
+photo has a pixel within ``noise_margin`` of one of its 2^bits levels' boundaries, which would
+excuse any difference; :func:`export_onnx` refuses such a pipeline before tracing it (the torch
+backend serves it). The median filter (``median_smooth``) selects values and exports as is.
+
 Why ``noise_margin = 5e-4`` (on the [0, 1] scale of the coefficients): the float32 TV kernels
 drift apart by at most ``iters · 4u`` = 4e-5 per pixel over 160 iterations (the bound
 ``tests/test_tv.py`` checks numba against the torch loop; measured: 1.1e-6 on 64 CIFAR-10 test
@@ -224,6 +230,15 @@ def export_onnx(model: DefendedClassifier, path: str | os.PathLike, images: Tens
     if images.dim() != 4 or images.shape[0] < 2:
         raise ExportError(f"export: expected at least 2 verification images (N, C, H, W), got {tuple(images.shape)}")
     model = model.eval()
+    rounding = [i for i, st in enumerate(model.pipeline.stages) if st.spec.rounds] if model.pipeline else []
+    for i in rounding:
+        stage = model.pipeline.stages[i]
+        if "q" not in stage.spec.graph_inputs:
+            # Before tracing: without a per-sample step the rounding cannot be made negligible, and the
+            # as-deployed comparison alone would excuse nearly every difference as a rounding flip.
+            raise ExportError(f"export: stage {i} ({stage.name}) rounds but takes no per-sample q, so the graph "
+                              "cannot be verified against torch with rounding made negligible and is not "
+                              "exported; serve this config with the torch backend (backend.type = \"torch\")")
     graph = _Graph(traceable(model)).eval()
     layout = graph.layout
     names = ["images"] + [n for _, _, n in layout]
@@ -246,7 +261,6 @@ def export_onnx(model: DefendedClassifier, path: str | os.PathLike, images: Tens
         onnx.checker.check_model(proto)
         onnx.save(proto, str(raw))
         session = ort.InferenceSession(str(raw), providers=["CPUExecutionProvider"])
-        rounding = [i for i, st in enumerate(model.pipeline.stages) if st.spec.rounds] if model.pipeline else []
         if rounding and not any(node.op_type == "Round" for node in proto.graph.node):
             raise ExportError("export: the model rounds, but the graph holds no ONNX Round node; the graph was not "
                               f"written to {path}")
@@ -257,9 +271,6 @@ def export_onnx(model: DefendedClassifier, path: str | os.PathLike, images: Tens
             if rounding:
                 fine = [dict(given) for given in inputs]
                 for i in rounding:
-                    if "q" not in fine[i]:
-                        raise ExportError(f"export: stage {i} ({model.pipeline.stages[i].name}) rounds but takes no "
-                                          "per-sample q, so the graph cannot be checked with rounding made negligible")
                     fine[i]["q"] = torch.full_like(fine[i]["q"], FINE_Q)
                 diff = _compare(model, session, names, layout, x, fine)
                 if diff.max() > tol:

@@ -28,6 +28,19 @@ def test_demo_without_data_uses_generated_images(tmp_path, capsys, monkeypatch):
     assert len(re.findall(r"^\s+\d\s+\d+\.\d+/255", out, flags=re.M)) == 2
 
 
+def test_image_with_a_feature_squeezing_stage(tmp_path, capsys):
+    from scipy import ndimage
+
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    arr = (np.random.default_rng(1).random((20, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(src)
+    assert main(["image", str(src), str(dst), "--method", "median_smooth", "--size", "3", "--device", "cpu"]) == 0
+    # The median selects pixel values, so the PNG round trip is exact.
+    assert np.array_equal(np.asarray(Image.open(dst)), ndimage.median_filter(arr, size=(3, 3, 1), mode="reflect"))
+    assert main(["image", str(src), str(dst), "--method", "bit_depth", "--bits", "2", "--device", "cpu"]) == 0
+    assert sorted(np.unique(np.asarray(Image.open(dst)))) == [0, 85, 170, 255]
+
+
 def test_demo_rejects_bad_n(capsys):
     assert main(["demo", "--n", "0"]) == 2
 

@@ -47,6 +47,10 @@ def test_mode_the_format_cannot_store_is_refused_before_purifying(tmp_path, caps
     (["--drop-prob", "1.0"], "--drop-prob must be in [0, 1), got 1: at 1 every pixel is dropped"),
     (["--weight", "1e9"], "--weight must be in [0, 1], got 1e+09: larger TV weights flatten the image"),
     (["--weight", "-0.1"], "--weight must be in [0, 1]"),
+    (["--bits", "3"], "--bits does not apply to --method tvm; it takes --weight, --drop-prob"),
+    (["--method", "median_smooth", "--q", "3"], "--q does not apply to --method median_smooth; it takes --size"),
+    (["--method", "bit_depth", "--bits", "0"], "--bits must be in [1, 24], got 0"),
+    (["--method", "median_smooth", "--size", "0"], "--size must be >= 1"),
 ])
 def test_flags_that_do_not_belong_or_wash_out_the_image_are_refused(tmp_path, capsys, no_work, argv, match):
     src = _png(tmp_path / "in.png")
