@@ -140,6 +140,10 @@ def row_config(settings: dict[str, Any], row: Row, budget: dict[str, Any]) -> di
     if row.stages or row.head != "softmax":
         doc["defense"] = {"stages": [dict(s) for s in row.stages], "head": row.head,
                           **({"head_params": row.head_params} if row.head != "softmax" else {})}
+    if row.head == "wnll":
+        # the gradient attacks differentiate both sides of the head: through the WNLL solve (its own
+        # gradient, which the first measurement showed masked) and its linear surrogate (the paper's BPDA)
+        doc["worst"]["through"] = ["head", "surrogate"]
     if row.stages:
         t = settings.get("transfer", {})
         doc["attacks"] = [{"name": "pgd", "id": "transfer-pgd", "eps": [eps], "threat_models": ["transfer"],

@@ -33,11 +33,12 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
     stages = [{ name = "tvm", params = { weight = 0.1, drop_prob = 0.3 } }]
 
     [[attacks]]
-    name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, bim, pgd, apgd, square,
-                                         # cw_l2, deepfool, or yours: "myattacks:my_attack" (an AttackSpec)
+    name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, rand_fgsm, bim, pgd, apgd,
+                                         # square, cw_l2, deepfool, trust_region, jsma, or yours:
+                                         # "myattacks:my_attack" (an AttackSpec)
     id = "pgd"                           # optional, default: name; must be unique
     eps = ["8/255", 0.02]                # numbers or "p/q" strings on the [0, 1] image scale (L-inf eps > 1
-                                         # is refused); none for cw_l2 / deepfool
+                                         # is refused); none for cw_l2 / deepfool / trust_region / jsma
     threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full, substitute, blackbox
     eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
     params = { step_ratio = 0.25, iters = [10, 50] }   # the attack's settings (purify.attacks.registry)
@@ -86,7 +87,7 @@ _ATTACK_KEYS = {"name", "id", "eps", "threat_models", "eot_samples", "params", "
 _EXAMPLE_KEYS = {"attack", "eps", "threat_model", "n"}
 _PAPER_KEYS = {"source", "clean", "clean_defended", "note", "results"}
 _PAPER_RESULT_KEYS = {"attack", "threat_model", "label", "eps", "accuracy", "note"}
-_NORM_TEXT = {"linf": "L-inf", "l2": "L2"}
+_NORM_TEXT = {"linf": "L-inf", "l2": "L2", "l0": "L0"}
 
 
 def _find(name_or_path: str | Path) -> Path:
@@ -145,7 +146,7 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
     if not isinstance(raw_attacks, list) or (not raw_attacks and "worst" not in cfg):
         raise ctx.error("attacks", "expected a non-empty array of tables ([[attacks]] entries), or a [worst] table")
     attacks = tuple(_parse_attack(ctx, a, i, stages, head) for i, a in enumerate(raw_attacks))
-    worst = parse_worst(ctx, cfg.get("worst"), stages, attacks)
+    worst = parse_worst(ctx, cfg.get("worst"), stages, attacks, head=head, attack_through=attack_through)
     keys = attack_keys(attacks + worst_entries(worst, stages), len(attacks))
     attacks += worst_entries(worst, stages)
     # L-inf budgets here; L2 budgets against the image size here for built-in data, in prepare() for yours.

@@ -19,12 +19,15 @@ from .schema import SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL
 __all__ = ["COLUMNS", "machine", "write_csv", "plotting_unavailable", "plot_accuracy", "plot_examples",
            "write_report"]
 
-#: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1].
+#: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1]. New columns go at the end,
+#: so a reader that goes by position still finds the old ones where they were.
 COLUMNS = ("cell", "attack", "attack_name", "norm", "eps", "eps_label", "threat_model", "iters", "eot_samples",
            "params", "n_images", "clean_accuracy", "accuracy", "n_clean_correct", "attack_success_rate",
-           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards", "adv_correct")
+           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards", "adv_correct", "mean_l0")
 #: ``adv_correct``: which images the evaluated model still got right after the attack, a hex bitmask in
 #: image order (benchmarks.harness.worst.encode_bits); the per-image worst case is computed from it.
+#: ``mean_l0``: the mean number of values (of C·H·W) the attack changed, JSMA's norm; empty for a cell read
+#: from a cache written before the column existed (its other numbers are still valid, so it is not recomputed).
 #: The threat models of the headline's "worst defended" column. Not ``blackbox``: its attacker never
 #: sees the target (it has a column of its own, as ``transfer`` has).
 DEFENDED = ("transfer", "bpda", "eot", "bpda+eot", "full")
@@ -44,7 +47,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k in COLUMNS for v in [r.get(k, "")]})
 
 
 def _pct(v: Any) -> str:
@@ -163,6 +166,11 @@ def plot_examples(npz: Path, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _count(v: Any) -> str:
+    """A mean count of changed values: one decimal; – when the row does not carry it."""
+    return "–" if v is None or v == "" else f"{float(v):.1f}"
 
 
 def _num(v: float) -> str:
@@ -339,13 +347,14 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
     lines += [
         "## Every cell", "",
         "| attack | eps | threat model | iters | EOT | accuracy % | success % | mean L2 | mean Linf | max Linf | "
-        "rho2 | wall s | fwd | bwd |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "mean L0 | rho2 | wall s | fwd | bwd |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['attack']} | {r['eps_label'] or '–'} | {r['threat_model']} | {r['iters']} | "
                      f"{r['eot_samples']} | {_pct(r['accuracy'])} | {_pct(r['attack_success_rate'])} | "
-                     f"{r['mean_l2']:.3f} | {r['mean_linf']:.4f} | {r['max_linf']:.4f} | {r['rho2']:.4f} | "
+                     f"{r['mean_l2']:.3f} | {r['mean_linf']:.4f} | {r['max_linf']:.4f} | {_count(r.get('mean_l0'))} | "
+                     f"{r['rho2']:.4f} | "
                      f"{r['wall_s']:.1f} | {r['forwards']} | {r['backwards']} |")
     lines += ["", "## How these numbers were made", "",
               "- Threat models: `none` attacks and evaluates the undefended classifier; `transfer` evaluates the "
@@ -362,12 +371,16 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
               "by (seed, batch index); the clean and every attacked evaluation of an image use the same draw, so "
               "cells differ by the attack, not by drawing noise. Attack-time draws use separate seeded generators.",
               "- Success % = among the images the evaluated model gets right when clean, the share it gets wrong "
-              "after the attack. Norms are of δ = x_adv − x over all images; rho2 = mean ‖δ‖₂ / ‖x‖₂.",
+              "after the attack. Norms are of δ = x_adv − x over all images; mean L0 = how many of the "
+              "C·H·W values δ changes (– for cells cached before it was recorded); "
+              "rho2 = mean ‖δ‖₂ / ‖x‖₂.",
               "- fwd / bwd = images forwarded / back-propagated through the attacked model_fn (counted per "
               "draw under EOT; evaluation passes not included). `none` and `transfer` share one attack, as do "
               "`substitute` and `blackbox`, so each pair shows the same cost and overlapping wall time.",
-              "- Attacks without a budget (CW-L2, DeepFool) are one cell per threat model; read them with their "
-              "mean L2 norm."]
+              "- Attacks without a budget (CW-L2, DeepFool, trust region, JSMA) are one cell per threat model; read "
+              "them with the mean norm of their own: L2 (or L-inf) for CW-L2, DeepFool and the trust region, L0 for "
+              "JSMA, which changes few values by a lot towards a random other class (its bwd counts two passes "
+              "per step: the target's Jacobian row and the other classes' sum)."]
     if ste:
         lines.append(f"- Under `full` / `eot`, stages {', '.join(ste)} ran with the straight-through estimator "
                      "(`ste=True`): their gradient is the identity, their forward value exact.")

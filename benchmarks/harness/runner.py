@@ -234,6 +234,7 @@ class _Stats:
     def __init__(self) -> None:
         self.n = self.correct = self.clean_correct = self.flipped = 0
         self.l2 = self.linf = self.rho = 0.0
+        self.l0 = 0                 # changed values (of C*H*W), summed over images
         self.max_linf = 0.0
         self.wall = 0.0
         self.forwards = self.backwards = 0
@@ -249,6 +250,7 @@ class _Stats:
         self.flipped += int((clean_ok & ~adv_ok).sum())
         self.l2 += float(torch.linalg.vector_norm(d, dim=1).sum())
         self.linf += float(linf.sum())
+        self.l0 += int((d != 0).sum())
         self.max_linf = max(self.max_linf, float(linf.max()) if len(x) else 0.0)
         self.rho += rho2(x, x_adv) * len(x) if len(x) else 0.0
 
@@ -264,7 +266,7 @@ def _row(cell: Cell, s: _Stats, clean_acc: float) -> dict[str, Any]:
         "attack_success_rate": s.flipped / s.clean_correct if s.clean_correct else float("nan"),
         "mean_l2": s.l2 / s.n, "mean_linf": s.linf / s.n, "max_linf": s.max_linf, "rho2": s.rho / s.n,
         "wall_s": round(s.wall, 3), "forwards": s.forwards, "backwards": s.backwards,
-        "adv_correct": encode_bits(s.adv_correct),
+        "adv_correct": encode_bits(s.adv_correct), "mean_l0": s.l0 / s.n,
     }
 
 

@@ -12,13 +12,19 @@ A config's ``[worst]`` table asks for the headline figure of a defense::
     eot_samples = 10              # gradient attacks on a randomized defense average this many draws
     threat_models = ["bpda+eot"]  # optional: the gradient attacks' threat models (default: from the defense)
     include = ["pgd"]             # optional: ids of this config's own [[attacks]] that join the ensemble
+    through = ["head", "surrogate"]  # WNLL head only: the sides the gradient attacks differentiate
+                                  # (default: defense.attack_through alone)
     sanity = true                 # add the sanity cells (large eps; twice the iterations / EOT samples)
     sanity_eps = "64/255"         # the large budget at which accuracy must reach ~0 (default 8 x eps, L2: 10 x)
 
 It expands into ordinary attack entries (so cells, caching and resume work as for any other
 entry): ``worst-apgd-ce``, ``worst-apgd-t`` (targeted DLR) and ``worst-square``, and with
 ``sanity`` ``sanity-large-eps`` (APGD-CE at ``sanity_eps``) and ``sanity-more`` (APGD-CE with
-twice the iterations, and twice the EOT samples on a randomized defense). The gradient attacks'
+twice the iterations, and twice the EOT samples on a randomized defense). With a WNLL head and
+``through = ["head", "surrogate"]`` the gradient and sanity cells run on both sides of the head
+(through the WNLL solve, and through its linear surrogate, the paper's BPDA for the head); the
+side that is not ``defense.attack_through`` adds a suffix to the ids (``worst-apgd-ce-surrogate``).
+The gradient attacks'
 threat models follow the defense (:func:`gradient_threat_models`): none without a defense;
 ``full`` through differentiable (or straight-through) deterministic stages, and ``bpda`` too where
 a stage only has a straight-through gradient; ``bpda+eot`` for a randomized defense, AutoAttack's "rand" protocol (``eot``, EOT over exact
@@ -46,7 +52,7 @@ __all__ = ["WorstConfig", "parse_worst", "worst_entries", "gradient_threat_model
            "wilson", "encode_bits", "decode_bits", "WORST_KEYS"]
 
 WORST_KEYS = {"norm", "eps", "iters", "restarts", "n_target_classes", "queries", "eot_samples", "threat_models",
-              "include", "sanity", "sanity_eps"}
+              "include", "sanity", "sanity_eps", "through"}
 #: Components of the ensemble: (entry id, attack, fixed params).
 COMPONENTS = (("worst-apgd-ce", "apgd", {"loss": "ce"}), ("worst-apgd-t", "apgd", {"loss": "dlr-targeted"}),
               ("worst-square", "square", {}))
@@ -67,6 +73,16 @@ class WorstConfig:
     include: tuple[str, ...]
     sanity: bool
     sanity_eps: Eps
+    through: tuple[str, ...] = ()        # WNLL head: the sides of the gradient cells; () = the defense's choice only
+    default_through: str = "head"        # the defense's attack_through (its cells keep the plain ids)
+
+    def side_suffix(self, side: str) -> str:
+        """``""`` for the defense's own side, ``"-surrogate"`` / ``"-head"`` for the other."""
+        return "" if side == self.default_through else f"-{side}"
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return self.through or (self.default_through,)
 
 
 def gradient_threat_models(stages) -> tuple[str, ...]:
@@ -99,11 +115,12 @@ def _straight_through(stages) -> bool:
     return all(get_purifier_spec(n).differentiable or "ste" in get_purifier_spec(n).params for n, _ in stages)
 
 
-def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> WorstConfig | None:
+def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...], *, head: str = "softmax",
+                attack_through: str = "head") -> WorstConfig | None:
     """Check a ``[worst]`` table (see the module docstring); None when the config has none."""
     if t is None:
         return None
-    from .schema import THREAT_MODELS
+    from .schema import ATTACK_THROUGH, THREAT_MODELS
 
     t = ctx.table(t, "worst")
     ctx.keys(t, WORST_KEYS, "worst", ("eps",))
@@ -128,6 +145,13 @@ def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> W
     sanity = t.get("sanity", True)
     if not isinstance(sanity, bool):
         raise ctx.error("worst.sanity", f"expected true or false, got {sanity!r}")
+    through: tuple[str, ...] = ()
+    if "through" in t:
+        if head != "wnll":
+            raise ctx.error("worst.through", "only used with head = \"wnll\" (the sides of its head); remove it")
+        through = tuple(ctx.string(x, "worst.through", ATTACK_THROUGH) for x in ctx.as_list(t["through"], "worst.through"))
+        if not through or len(set(through)) != len(through):
+            raise ctx.error("worst.through", f"expected distinct values of {', '.join(ATTACK_THROUGH)}, got {t['through']!r}")
     factor = 8 if norm == "linf" else 10
     default_large = Eps(eps[-1].value * factor, _times(eps[-1].label, factor))
     large = ctx.number(t["sanity_eps"], "worst.sanity_eps") if "sanity_eps" in t else default_large
@@ -136,7 +160,8 @@ def parse_worst(ctx: Ctx, t: Any, stages, attacks: tuple[AttackEntry, ...]) -> W
                        n_target_classes=ctx.integer(t.get("n_target_classes", 9), "worst.n_target_classes", low=1),
                        queries=ctx.integer(t.get("queries", 5000), "worst.queries", low=1),
                        eot_samples=ctx.integer(t.get("eot_samples", DEFAULT_EOT_SAMPLES), "worst.eot_samples", low=1),
-                       threat_models=tms, include=include, sanity=sanity, sanity_eps=large)
+                       threat_models=tms, include=include, sanity=sanity, sanity_eps=large, through=through,
+                       default_through=attack_through)
 
 
 def _times(label: str, factor: int) -> str:
@@ -160,16 +185,24 @@ def worst_entries(w: WorstConfig | None, stages) -> tuple[AttackEntry, ...]:
             params.update(iters=w.iters, restarts=w.restarts)
             if fixed["loss"] == "dlr-targeted":
                 params["n_target_classes"] = w.n_target_classes
+            for side in w.sides:            # gradient attacks: once per side of a WNLL head
+                out.append(AttackEntry(id=aid + w.side_suffix(side), name=name, eps=w.eps, params=params,
+                                       eot_samples=(w.eot_samples,), threat_models=w.threat_models,
+                                       through=side if w.side_suffix(side) else None))
         else:
             params["queries"] = w.queries
-        out.append(AttackEntry(id=aid, name=name, eps=w.eps, params=params, eot_samples=(w.eot_samples,),
-                               threat_models=w.threat_models if name == "apgd" else square_tm))
+            out.append(AttackEntry(id=aid, name=name, eps=w.eps, params=params, eot_samples=(w.eot_samples,),
+                                   threat_models=square_tm))
     if w.sanity:
         ce = {"norm": w.norm, "loss": "ce", "restarts": 1}
-        out.append(AttackEntry(id="sanity-large-eps", name="apgd", eps=(w.sanity_eps,), params={**ce, "iters": w.iters},
-                               threat_models=w.threat_models, eot_samples=(w.eot_samples,)))
-        out.append(AttackEntry(id="sanity-more", name="apgd", eps=(w.eps[-1],), params={**ce, "iters": 2 * w.iters},
-                               threat_models=w.threat_models, eot_samples=(2 * w.eot_samples,)))
+        for side in w.sides:
+            sfx, through = w.side_suffix(side), side if w.side_suffix(side) else None
+            out.append(AttackEntry(id="sanity-large-eps" + sfx, name="apgd", eps=(w.sanity_eps,),
+                                   params={**ce, "iters": w.iters}, threat_models=w.threat_models,
+                                   eot_samples=(w.eot_samples,), through=through))
+            out.append(AttackEntry(id="sanity-more" + sfx, name="apgd", eps=(w.eps[-1],),
+                                   params={**ce, "iters": 2 * w.iters}, threat_models=w.threat_models,
+                                   eot_samples=(2 * w.eot_samples,), through=through))
     return tuple(out)
 
 
@@ -204,8 +237,13 @@ def _same_eps(value: Any, eps: float) -> bool:
     return value != "" and math.isclose(float(value), eps, rel_tol=1e-5, abs_tol=1e-12)
 
 
+def _component_ids(w: WorstConfig) -> set[str]:
+    return {aid + w.side_suffix(side) for aid, name, _ in COMPONENTS for side in (w.sides if name == "apgd" else
+                                                                               (w.default_through,))}
+
+
 def _components(cfg, rows: list[dict[str, Any]], eps: Eps) -> list[dict[str, Any]]:
-    ids = {aid for aid, _, _ in COMPONENTS} | set(cfg.worst.include)
+    ids = _component_ids(cfg.worst) | set(cfg.worst.include)
     defended = bool(cfg.stages)
     return [r for r in rows if r["attack"] in ids and _same_eps(r["eps"], eps.value)
             and (r["threat_model"] not in UNDEFENDED_EVAL or not defended) and r["threat_model"] != "transfer"]
@@ -250,31 +288,33 @@ def sanity_flags(cfg, rows: list[dict[str, Any]], worst: list[dict[str, Any]]) -
     by_id: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_id.setdefault(r["attack"], []).append(r)
-    large = by_id.get("sanity-large-eps", [])
+    # every side of a WNLL head has its own sanity cells: the attack works if one side reaches ~0
+    large = [r for side in w.sides for r in by_id.get("sanity-large-eps" + w.side_suffix(side), [])]
     if large:
         best = min(large, key=lambda r: r["accuracy"])
         acc = best["accuracy"]
+        side = best["attack"][len("sanity-large-eps-"):]
         flags.append({"check": f"accuracy reaches ~0 at a large eps ({w.sanity_eps.label})",
                       "status": "ok" if acc <= LARGE_EPS_MAX_ACCURACY else "FLAG",
-                      "evidence": f"APGD-CE ({best['threat_model']}) at {w.sanity_eps.label}: {100 * acc:.1f} % (limit "
+                      "evidence": f"APGD-CE ({best['threat_model']}{', through the ' + side if side else ''}) at "
+                                  f"{w.sanity_eps.label}: {100 * acc:.1f} % (limit "
                                   f"{100 * LARGE_EPS_MAX_ACCURACY:.0f} %); a defense that keeps images at such a "
                                   "budget is masking gradients or the attack is broken"})
     else:
         flags.append({"check": "accuracy reaches ~0 at a large eps", "status": "not checked",
                       "evidence": "sanity = false in [worst]"})
-    base = [r for r in by_id.get("worst-apgd-ce", []) if _same_eps(r["eps"], w.eps[-1].value)]
-    more = by_id.get("sanity-more", [])
-    if base and more:
+    pairs = [(r, b, side) for side in w.sides for r in by_id.get("sanity-more" + w.side_suffix(side), [])
+             for b in by_id.get("worst-apgd-ce" + w.side_suffix(side), [])
+             if _same_eps(b["eps"], w.eps[-1].value) and b["threat_model"] == r["threat_model"]]
+    if pairs:
         lines, flagged = [], False
-        for r in more:
-            b = next((x for x in base if x["threat_model"] == r["threat_model"]), None)
-            if b is None:
-                continue
+        for r, b, side in pairs:
             n = int(r["n_images"])
             lo, hi = wilson(round(b["accuracy"] * n), n)
             drop = b["accuracy"] - r["accuracy"]
             flagged |= r["accuracy"] < lo
-            lines.append(f"{r['threat_model']}: {100 * b['accuracy']:.1f} % → {100 * r['accuracy']:.1f} % with "
+            where = r["threat_model"] + (f" through the {side}" if w.side_suffix(side) else "")
+            lines.append(f"{where}: {100 * b['accuracy']:.1f} % → {100 * r['accuracy']:.1f} % with "
                          f"iters {b['iters']}→{r['iters']}" + (f", EOT {b['eot_samples']}→{r['eot_samples']}"
                                                               if r["eot_samples"] else "")
                          + f" (drop {100 * drop:.1f} points; 95 % interval of the base [{100 * lo:.1f}, {100 * hi:.1f}])")

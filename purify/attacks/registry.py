@@ -14,13 +14,16 @@ module), which the harness imports and registers (see :mod:`benchmarks.harness.i
 Two kinds of attack:
 
 * ``"bounded"``: takes ``eps`` and returns ``x_adv`` with ``‖x_adv - x‖ <= eps`` in its norm
-  (fgsm, bim, pgd, apgd, square); reported at each eps;
+  (fgsm, rand_fgsm, bim, pgd, apgd, square); reported at each eps;
 * ``"minimal"``: no budget; searches for a small perturbation that changes the label (cw_l2,
-  deepfool, trust_region); reported with the mean norm of what it found.
+  deepfool, trust_region, jsma); reported with the mean norm of what it found.
+
+Norms: ``"linf"`` and ``"l2"`` measure how far pixels move; ``"l0"`` counts how many of the C·H·W
+values change (JSMA, whose own ``gamma`` caps that count as a fraction).
 
 Example:
     >>> list_attacks()
-    ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region']
+    ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
     >>> spec = get_attack_spec("pgd")
     >>> spec.kind, spec.norms, spec.required, spec.randomized
     ('bounded', ('linf', 'l2'), ('step', 'iters'), True)
@@ -45,6 +48,8 @@ from purify.attacks.apgd import APGD_LOSSES, apgd
 from purify.attacks.cw import cw_l2
 from purify.attacks.deepfool import deepfool
 from purify.attacks.gradient import bim, fgsm, pgd
+from purify.attacks.jsma import jsma
+from purify.attacks.rand_fgsm import rand_fgsm
 from purify.attacks.square import square
 from purify.attacks.trust_region import trust_region
 from purify.errors import DTypeError, RangeError, UnknownNameError
@@ -55,9 +60,10 @@ __all__ = ["BOUNDED", "MINIMAL", "KINDS", "NORMS", "Param", "PARAMS", "AttackSpe
 BOUNDED = "bounded"
 MINIMAL = "minimal"
 KINDS = (BOUNDED, MINIMAL)
-NORMS = ("linf", "l2")
-#: Keywords every attack function takes that are not its settings: the budget and the randomness.
-_NOT_SETTINGS = ("eps", "generator")
+NORMS = ("linf", "l2", "l0")
+#: Keywords attack functions take that are not their settings: the budget, the randomness, and per-image
+#: targets (a tensor, which a config cannot give; through :meth:`AttackSpec.run` JSMA draws its own).
+_NOT_SETTINGS = ("eps", "generator", "target")
 #: Suffix of a setting given as a fraction of eps (``step_ratio = 0.25``: step = 0.25 * eps).
 RATIO = "_ratio"
 
@@ -87,7 +93,7 @@ class Param:
 PARAMS: dict[str, Param] = {
     "iters": Param("int", "number of gradient steps", low=0, sweep=True),
     "step": Param("float", "step size (absolute; or step_ratio = step / eps)", low=0.0),
-    "norm": Param("choice", "the norm of the threat: linf or l2", choices=NORMS),
+    "norm": Param("choice", "the norm of the threat: linf or l2", choices=("linf", "l2")),
     "random_start": Param("bool", "start from a uniform draw in the eps ball"),
     "targeted": Param("bool", "move towards class y instead of away from it"),
     "loss": Param("choice", "ce (cross-entropy) or margin (max other logit - true logit)", choices=("ce", "margin")),
@@ -97,7 +103,8 @@ PARAMS: dict[str, Param] = {
     "lr": Param("float", "Adam learning rate", low=0.0, low_open=True),
     "binary_search_steps": Param("int", "runs of the binary search over c", low=0),
     "overshoot": Param("float", "factor 1 + overshoot on the step (DeepFool: the accumulated one; TR: each)", low=0.0),
-    "max_iter": Param("int", "maximum number of linearization steps", low=0),
+    "max_iter": Param("int", "maximum number of steps (DeepFool, trust region: linearizations; JSMA: pixel "
+                      "pairs)", low=0),
     "num_classes": Param("int", "classes considered (the label's and the next by clean logit)", low=2),
     "restarts": Param("int", "runs from fresh random starts (per target class when targeted)", low=1),
     "rho": Param("float", "APGD halves its step when at most this fraction of steps raised the loss", low=0.0),
@@ -113,6 +120,11 @@ PARAMS: dict[str, Param] = {
     "sigma": Param("float", "factor by which the trust radius grows or shrinks", low=1.0),
     "radius_min": Param("float", "smallest adapted trust radius", low=0.0),
     "radius_max": Param("float", "largest adapted trust radius", low=0.0, low_open=True),
+    "alpha": Param("float", "size of Rand+FGSM's random sign step (absolute; or alpha_ratio = alpha / eps); "
+                   "default eps / 2", low=0.0),
+    "theta": Param("float", "JSMA's change of each chosen feature per step, nonzero: +1 sets it to 1, -1 to 0"),
+    "gamma": Param("float", "JSMA's L0 budget: the largest fraction of the C*H*W values it may change, at most 1",
+                   low=0.0, low_open=True),
 }
 
 
@@ -135,8 +147,8 @@ class AttackSpec:
             (APGD's losses); :meth:`param` merges them.
         settings: ``(setting, Param)`` pairs describing settings :data:`PARAMS` does not know (a
             registered attack's own keywords); they take precedence over :data:`PARAMS`.
-        params: (derived) the function's keyword settings, in signature order (not ``eps`` and
-            ``generator``); each is described in :data:`PARAMS`.
+        params: (derived) the function's keyword settings, in signature order (not ``eps``,
+            ``generator`` and ``target``); each is described in :data:`PARAMS` or ``settings``.
         required: (derived) settings without a default.
         randomized: (derived) the function takes a ``generator`` (e.g. PGD's random start).
     """
@@ -279,6 +291,9 @@ class AttackSpec:
 _REGISTRY: dict[str, AttackSpec] = {
     "fgsm": AttackSpec("fgsm", fgsm, BOUNDED, ("linf",), True,
                        "fast gradient sign method: one signed-gradient step of size eps"),
+    "rand_fgsm": AttackSpec("rand_fgsm", rand_fgsm, BOUNDED, ("linf",), True,
+                            "Rand+FGSM (Tramer et al.): a random sign step of alpha, then FGSM with eps - alpha",
+                            eps_relative=("alpha",)),
     "bim": AttackSpec("bim", bim, BOUNDED, ("linf",), True,
                       "basic iterative method / I-FGSM: iters signed steps of eps / iters"),
     "pgd": AttackSpec("pgd", pgd, BOUNDED, ("linf", "l2"), True,
@@ -294,6 +309,8 @@ _REGISTRY: dict[str, AttackSpec] = {
                            "DeepFool: iterated linearization to the nearest decision boundary"),
     "trust_region": AttackSpec("trust_region", trust_region, MINIMAL, ("l2", "linf"), True,
                                "trust-region attack (Yao et al.): DeepFool steps bounded by an adaptive radius"),
+    "jsma": AttackSpec("jsma", jsma, MINIMAL, ("l0",), True,
+                       "JSMA (Papernot et al.): saliency-map pixel pairs towards a random other class, L0 <= gamma"),
 }
 
 
@@ -356,7 +373,7 @@ def list_attacks() -> list[str]:
 
     Example:
         >>> list_attacks()
-        ['fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region']
+        ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
     """
     return [*_REGISTRY, *_USER]
 
@@ -370,7 +387,7 @@ def get_attack_spec(name: str) -> AttackSpec:
         >>> get_attack_spec("cw")
         Traceback (most recent call last):
         ...
-        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region'
+        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma'
     """
     known = {**_REGISTRY, **_USER}
     if not isinstance(name, str) or name not in known:

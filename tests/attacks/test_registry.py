@@ -21,6 +21,8 @@ REQUIRED = {"iters": 3, "step": 0.02}
 
 def _norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1).double()
+    if norm == "l0":                                # how many values changed
+        return (flat != 0).sum(1).double()
     return flat.abs().amax(1) if norm == "linf" else torch.linalg.vector_norm(flat, dim=1)
 
 
@@ -41,15 +43,15 @@ def _batch(model, n=4, seed=0):
 # ----------------------------------------------------------------------------- the registry itself
 
 def test_list_attacks_order_and_public_names():
-    assert list_attacks() == ["fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool",
-                            "trust_region"]
+    assert list_attacks() == ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool",
+                            "trust_region", "jsma"]
     assert attacks.list_attacks() == list_attacks()
     for name in NAMES:
         assert getattr(attacks, name) is get_attack_spec(name).function      # the public function itself
 
 
 def test_exception_unknown_name_lists_the_known_ones():
-    with pytest.raises(UnknownNameError, match=r"unknown attack 'fab'; known attacks: 'fgsm', 'bim', 'pgd'"):
+    with pytest.raises(UnknownNameError, match=r"unknown attack 'fab'; known attacks: 'fgsm', 'rand_fgsm', 'bim'"):
         get_attack_spec("fab")
     with pytest.raises(KeyError):
         get_attack_spec(None)
@@ -72,7 +74,7 @@ def test_spec_matches_signature(name):
     assert all(p.kind == p.KEYWORD_ONLY for n, p in sig.items() if n not in ("model_fn", "x", "y"))
     assert ("eps" in sig) is spec.uses_eps is (spec.kind == BOUNDED)
     assert ("generator" in sig) is spec.randomized
-    assert set(spec.params) == set(sig) - {"model_fn", "x", "y", "eps", "generator"}
+    assert set(spec.params) == set(sig) - {"model_fn", "x", "y", "eps", "generator", "target"}
     assert set(spec.eps_relative) <= set(spec.params) and (not spec.eps_relative or spec.uses_eps)
     assert spec.norms and set(spec.norms) <= set(NORMS) and len(set(spec.norms)) == len(spec.norms)
     if len(spec.norms) > 1:                         # a choice of norm is the function's `norm`, default first
@@ -80,6 +82,9 @@ def test_spec_matches_signature(name):
     else:
         assert "norm" not in sig or sig["norm"].default == spec.norms[0]
     for p, default in spec.defaults().items():     # defaults have the declared type
+        if default is None:     # derived from other settings: rand_fgsm's alpha = eps / 2, jsma's max_iter from gamma
+            assert p in ("alpha", "max_iter"), p
+            continue
         kind = PARAMS[p].kind
         assert {"int": type(default) is int, "float": isinstance(default, float), "bool": isinstance(default, bool),
                 "choice": default in spec.param(p).choices}[kind], (p, default)
@@ -143,7 +148,8 @@ def test_minimal_spec_has_no_budget_and_changes_labels(name):
         with torch.no_grad():
             fooled = model(adv).argmax(1) != y
         assert int(fooled.sum()) >= 4                                     # finds adversarial examples
-        assert float(_norm(adv - x, norm)[fooled].max()) < 1.0            # ... small ones
+        small = 0.5 * x[0].numel() if norm == "l0" else 1.0               # L0: fewer than half the values
+        assert float(_norm(adv - x, norm)[fooled].max()) < small          # ... small ones
     with pytest.raises(RangeError, match=rf"attack '{name}': got eps=0.1, but it has no budget"):
         spec.run(model, x, y, eps=0.1)
 
@@ -192,8 +198,9 @@ def test_ratio_settings_resolve_against_eps(name):
     x, y = _batch(model, n=3)
     others = {k: REQUIRED[k] for k in spec.required if k not in spec.eps_relative}
     for p in spec.eps_relative:
-        by_ratio = spec.run(model, x, y, eps=EPS, **others, **{p + RATIO: 0.25})
-        absolute = spec.run(model, x, y, eps=EPS, **others, **{p: 0.25 * EPS})
+        seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731  (rand_fgsm draws its random step)
+        by_ratio = spec.run(model, x, y, eps=EPS, generator=seeded(), **others, **{p + RATIO: 0.25})
+        absolute = spec.run(model, x, y, eps=EPS, generator=seeded(), **others, **{p: 0.25 * EPS})
         assert torch.equal(by_ratio, absolute)
         assert spec.resolve({p + RATIO: 0.5}, eps=0.1) == {p: 0.05}
         with pytest.raises(RangeError, match="give one"):
@@ -208,7 +215,8 @@ def test_randomized_spec_draws_from_the_generator(name):
     model = make_convnet()
     x, y = _batch(model, n=3)
     extra = {"random_start": True} if "random_start" in spec.params else {}
-    run = lambda seed: spec.run(model, x, y, eps=EPS, generator=torch.Generator().manual_seed(seed),  # noqa: E731
+    run = lambda seed: spec.run(model, x, y, eps=EPS if spec.uses_eps else None,  # noqa: E731
+                                generator=torch.Generator().manual_seed(seed),
                                 **{k: REQUIRED[k] for k in spec.required}, **extra)
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from benchmarks.harness import runner as runner_mod
 from benchmarks.harness.cells import base_key, expand_cells
 from benchmarks.harness.config import parse_config
 from benchmarks.harness.report import COLUMNS
+from tests.benchmarks.test_user_data import FACTORY, write_config
 from tests.conftest import REPO_ROOT
 
 HERE = Path(__file__).resolve().parent
@@ -337,3 +339,74 @@ def test_wnll_head_runs_and_checks_its_artifact(tmp_path, data_dir, one_thread):
     missing.write_text(_wnll_config(tmp_path, tmp_path / "nope", "head").read_text())
     with pytest.raises(ConfigError, match=r"head_params: .*nope\.json"):
         run(missing, data_dir=data_dir, out=tmp_path / "missing", progress=False)
+
+
+# ----------------------------------------------------------------------------- an L0 attack and Rand+FGSM
+
+L0_CONFIG = f"""
+description = "JSMA and Rand+FGSM beside FGSM"
+batch_size = 3
+device = "cpu"
+[data]
+path = "data.npz"
+[model]
+factory = "{FACTORY}"
+[defense]
+stages = [{{ name = "dct", params = {{ q = 10 }} }}]
+[[attacks]]
+name = "fgsm"
+eps = ["8/255"]
+threat_models = ["none"]
+[[attacks]]
+name = "rand_fgsm"
+eps = ["8/255"]
+threat_models = ["none", "bpda"]
+params = {{ alpha_ratio = 0.5 }}
+[[attacks]]
+name = "jsma"
+threat_models = ["none", "transfer"]
+params = {{ gamma = 0.2, max_iter = 5 }}
+"""
+
+
+def test_l0_attack_is_reported_by_its_mean_l0(tmp_path, one_thread):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8), y=np.array([0, 1, 1]))
+    path = write_config(tmp_path, L0_CONFIG)
+    assert [(a.name, a.norm) for a in load_config(path).attacks] == [("fgsm", "linf"), ("rand_fgsm", "linf"),
+                                                                     ("jsma", "l0")]
+    result = run(path, out=tmp_path / "out", progress=False, cache_dir=tmp_path / "cache")
+    with open(tmp_path / "out" / "cells.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == COLUMNS and COLUMNS[-1] == "mean_l0"   # appended: old positions kept
+        rows = {(r["attack"], r["threat_model"]): r for r in reader}
+    jsma_row = rows[("jsma", "none")]
+    assert jsma_row["norm"] == "l0" and jsma_row["eps"] == "" and jsma_row["params"] == "gamma=0.2 max_iter=5"
+    assert 0 < float(jsma_row["mean_l0"]) <= 2 * 5                     # at most two values per step
+    assert rows[("jsma", "transfer")]["mean_l0"] == jsma_row["mean_l0"]  # the same adversarial examples
+    assert float(rows[("fgsm", "none")]["mean_l0"]) > 0.9 * 3 * 8 * 8  # FGSM moves (nearly) every value
+    for tm in ("none", "bpda"):
+        r = rows[("rand_fgsm", tm)]
+        assert r["params"] == "alpha=0.0156863" and float(r["max_linf"]) <= 8 / 255 + 1e-6
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| max Linf | mean L0 | rho2 |" in report
+    assert f"| {float(jsma_row['mean_l0']):.1f} | {float(jsma_row['rho2']):.4f} |" in report
+    # A cell cached before mean_l0 existed is still read, not recomputed; its mean L0 is left empty.
+    victim = next(result.cells_dir.glob("fgsm_*.json"))
+    cell = json.loads(victim.read_text())
+    del cell["row"]["mean_l0"]
+    victim.write_text(json.dumps(cell))
+    again = run(path, out=tmp_path / "again", progress=False, cache_dir=tmp_path / "cache")
+    assert again.computed == [] and len(again.cached) == 5
+    with open(tmp_path / "again" / "cells.csv") as f:
+        old = {(r["attack"], r["threat_model"]): r for r in csv.DictReader(f)}
+    assert old[("fgsm", "none")]["mean_l0"] == "" and old[("jsma", "none")]["mean_l0"] == jsma_row["mean_l0"]
+    assert {k: v for k, v in old[("fgsm", "none")].items() if k != "mean_l0"} == \
+        {k: v for k, v in rows[("fgsm", "none")].items() if k != "mean_l0"}
+    every = (tmp_path / "again" / "report.md").read_text().split("## Every cell")[1]
+    header = next(line for line in every.splitlines() if line.startswith("| attack |"))
+    fgsm = next(line for line in every.splitlines() if line.startswith("| fgsm |"))
+    cols = [c.strip() for c in header.split("|")]
+    assert [c.strip() for c in fgsm.split("|")][cols.index("mean L0")] == "–"

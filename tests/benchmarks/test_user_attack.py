@@ -18,7 +18,7 @@ from purify.attacks.registry import (BOUNDED, AttackSpec, Param, get_attack_spec
 from purify.errors import DTypeError, UnknownNameError
 from tests.benchmarks.test_user_data import FACTORY, write_config
 
-BUILTIN = ["fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool", "trust_region"]
+BUILTIN = ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool", "trust_region", "jsma"]
 
 
 def sign_noise(model_fn, x, y, *, eps, draws: int = 1, generator=None):

@@ -118,3 +118,45 @@ def test_a_worst_run_reports_the_ensemble(tmp_path, data_dir):
     assert all(len(decode_bits(r["adv_correct"], 4)) == 4 for r in result.rows)
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Worst case over an AutoAttack-grade ensemble" in text and "### Sanity checks" in text
+
+
+def test_a_wnll_head_is_attacked_on_both_sides():
+    wnll = {"stages": [], "head": "wnll", "head_params": {"artifact": "resnet56_wnll"}}
+    cfg = _cfg(defense=wnll, worst={"eps": ["8/255"], "through": ["head", "surrogate"]})
+    by_id = {a.id: a for a in cfg.attacks}
+    assert set(by_id) == {"worst-apgd-ce", "worst-apgd-t", "worst-square", "sanity-large-eps", "sanity-more",
+                          "worst-apgd-ce-surrogate", "worst-apgd-t-surrogate", "sanity-large-eps-surrogate",
+                          "sanity-more-surrogate"}
+    assert by_id["worst-apgd-ce"].through is None and by_id["worst-apgd-ce-surrogate"].through == "surrogate"
+    assert by_id["worst-square"].through is None                       # Square reads the defended outputs only
+    # the side of attack_through keeps the plain ids (and the cells they already have)
+    other = _cfg(defense={**wnll, "attack_through": "surrogate"}, worst={"eps": ["8/255"], "through": ["surrogate", "head"]})
+    assert {a.id: a.through for a in other.attacks}["worst-apgd-ce-head"] == "head"
+    assert _cfg(defense=wnll, worst={"eps": ["8/255"]}).worst.sides == ("head",)
+    with pytest.raises(ConfigError, match="only used with head"):
+        _cfg(defense={"stages": [{"name": "tvm"}]}, worst={"eps": ["8/255"], "through": ["head"]})
+    with pytest.raises(ConfigError, match="distinct values"):
+        _cfg(defense=wnll, worst={"eps": ["8/255"], "through": ["head", "head"]})
+
+
+def test_the_worst_case_and_flags_cover_both_sides_of_a_head():
+    ok = [1] * 40 + [0] * 60
+    rows = [_row("worst-apgd-ce", "none", [1] * 70 + [0] * 30), _row("worst-apgd-t", "none", [1] * 70 + [0] * 30),
+            _row("worst-square", "none", ok),                                          # beats the head side ...
+            _row("worst-apgd-ce-surrogate", "none", [1] * 5 + [0] * 95),                # ... not the surrogate side
+            _row("worst-apgd-t-surrogate", "none", [1] * 5 + [0] * 95),
+            _row("sanity-large-eps", "none", [1] * 4 + [0] * 96, eps=64 / 255),         # 4 %: the head side masks
+            _row("sanity-large-eps-surrogate", "none", [0] * 100, eps=64 / 255),        # the surrogate reaches 0
+            _row("sanity-more", "none", [1] * 70 + [0] * 30, iters=20),
+            _row("sanity-more-surrogate", "none", [1] * 5 + [0] * 95, iters=20)]
+    cfg = SimpleNamespace(worst=_stub(threat_models=("none",), through=("head", "surrogate")).worst, stages=())
+    (w,) = worst_rows(cfg, rows)
+    assert w["accuracy"] == pytest.approx(0.05) and w["cells"] == 5
+    flags = {f["check"].split(" (")[0]: f for f in sanity_flags(cfg, rows, [w])}
+    assert {f["status"] for f in flags.values()} == {"ok"}, flags
+    assert "through the surrogate" in flags["accuracy reaches ~0 at a large eps"]["evidence"]
+    assert "through the surrogate" in flags["more iterations / EOT samples do not lower accuracy further"]["evidence"]
+    # the head side alone would be flagged: Square beats it, and it does not reach 0 at a large eps
+    head_only = SimpleNamespace(worst=_stub(threat_models=("none",)).worst, stages=())
+    flags = {f["check"].split(" (")[0]: f["status"] for f in sanity_flags(head_only, rows, worst_rows(head_only, rows))}
+    assert flags["accuracy reaches ~0 at a large eps"] == "FLAG" and flags["Square does not beat the gradient attacks"] == "FLAG"
