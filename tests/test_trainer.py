@@ -197,6 +197,33 @@ def test_cli_never_trains_on_the_validation_split(monkeypatch, tmp_path):
     assert index(seen["val"]) <= set(range(n - val_size, n)) and index(seen["train"]).isdisjoint(index(seen["val"]))
 
 
+def test_cli_keep_last_ships_the_last_epoch_and_says_so(tmp_path):
+    """--keep last: the artifact holds the weights at the end of the run (the checkpoint's), not the best epoch's."""
+    import json
+    from safetensors.torch import load_file
+
+    n = 5_400                                   # 400 training images, the last 5,000 are the val split
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, n)
+    x = (rng.random((n, 28, 28)) * 60 + (y * 20)[:, None, None]).astype(np.uint8)   # learnable: brightness
+    np.savez(tmp_path / "mnist_train.npz", x=x, y=y.astype(np.uint8))
+    np.savez(tmp_path / "mnist_test.npz", x=x[:64], y=y[:64].astype(np.uint8))
+    common = ["--data-dir", str(tmp_path), "--dataset", "mnist", "--model", "lenet5", "--recipe", "standard",
+              "--epochs", "3", "--val-count", "64", "--test-count", "64", "--no-progress", "--threads", "1"]
+    ck = tmp_path / "ck.pt"
+    assert adversarial.main([*common, "--out", str(tmp_path / "last"), "--keep", "last", "--checkpoint", str(ck)]) == 0
+    meta = json.loads((tmp_path / "last.json").read_text())
+    assert meta["training"]["kept_epoch"] == 3 and meta["training"]["selection"].startswith("the last epoch")
+    assert "--keep last" in meta["command"]
+    last = torch.load(ck, weights_only=True)["model"]
+    shipped = load_file(tmp_path / "last.safetensors")
+    assert all(torch.equal(shipped[k], last["model." + k]) for k in shipped)     # the same tensors, saved
+    # resuming the finished run with --keep best re-does only the artifact, with the best epoch's weights
+    assert adversarial.main([*common, "--out", str(tmp_path / "last"), "--checkpoint", str(ck), "--resume"]) == 0
+    meta = json.loads((tmp_path / "last.json").read_text())
+    assert meta["training"]["kept_epoch"] == meta["training"]["best_epoch"]
+
+
 # ----------------------------------------------------------------------------- models
 
 def test_lenet5_shapes_and_parameters():

@@ -1,12 +1,13 @@
 """Classifiers trained by ``python -m purify.training.adversarial`` and shipped in ``purify/weights``.
 
 An artifact of format ``"purify.trained_classifier"`` is ``<name>.safetensors`` (the network's
-state dict) + ``<name>.json``: the architecture (``arch``: ``{"type": "CifarResNet", "depth": 20}``
-or ``{"type": "LeNet5"}``), the normalization, the classes, the recipe (e.g. FGSM-RS at eps 8/255),
-the learning curve, the validation and test figures, the exact command and the sha256 of the
-weights, which :func:`load_trained` checks before reading a tensor (:mod:`purify._artifacts`).
-:func:`build_network` is the one place an architecture name becomes a module, for the trainer
-and the loader alike.
+state dict) + ``<name>.json``: the architecture (``arch``: ``{"type": "CifarResNet", "depth": 20}``,
+``{"type": "LeNet5"}``, or one of the BReLU/GDA paper's networks, ``{"type": "PaperCNN",
+"in_channels": 1, "image_size": [28, 28], "activation": "brelu", "t": 1.0}`` and ``"PaperResNet"``),
+the normalization, the classes, the recipe (e.g. FGSM-RS at eps 8/255), the learning curve, the
+validation and test figures, the exact command and the sha256 of the weights, which
+:func:`load_trained` checks before reading a tensor (:mod:`purify._artifacts`). :func:`build_network`
+is the one place an architecture name becomes a module, for the trainer and the loader alike.
 
 Example:
     >>> build_network({"type": "LeNet5"}).num_classes
@@ -26,6 +27,7 @@ from purify._checks import check_choice
 from purify.errors import DTypeError, ShapeError
 from purify.models.lenet import LeNet5
 from purify.models.normalize import Normalized
+from purify.models.paper_nets import PaperCNN, PaperResNet
 from purify.models.resnet_cifar import CifarResNet
 
 __all__ = ["ARTIFACT_FORMAT", "ARCHS", "TrainedConfig", "build_network", "trained_config", "load_trained"]
@@ -37,7 +39,16 @@ _HINT = "make it with python -m purify.training.adversarial (see the README's 'R
 ARCHS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "CifarResNet": lambda a: CifarResNet(int(a["depth"]), num_classes=int(a.get("num_classes", 10))),
     "LeNet5": lambda a: LeNet5(num_classes=int(a.get("num_classes", 10)), in_channels=int(a.get("in_channels", 1))),
+    # the BReLU/GDA paper's networks: the input size fixes their linear layer, so the record carries it
+    "PaperCNN": lambda a: _paper_net(PaperCNN, a),
+    "PaperResNet": lambda a: _paper_net(PaperResNet, a),
 }
+
+
+def _paper_net(cls: type[nn.Module], a: Mapping[str, Any]) -> nn.Module:
+    return cls(in_channels=int(a["in_channels"]), image_size=tuple(int(s) for s in a["image_size"]),
+               num_classes=int(a.get("num_classes", 10)), activation=str(a.get("activation", "relu")),
+               t=float(a.get("t", 1.0)))
 
 
 def build_network(arch: Mapping[str, Any]) -> nn.Module:

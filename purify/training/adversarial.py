@@ -20,6 +20,17 @@ Checkpoints go to ``--checkpoint`` (default ``<cache>/adversarial_runs/<out name
 path (same ``--threads``). A resumed run that had already finished only re-does the test
 evaluation and the artifact.
 
+The BReLU/GDA paper's networks and recipes (Zantedeschi et al. 2017; :mod:`purify.models.paper_nets`,
+:mod:`purify.training.gda_recipes`): ``--model cnn_mnist`` / ``resnet_mnist`` / ``cnn_cifar10`` /
+``resnet_cifar10`` with ``--activation relu|brelu`` (recorded in the artifact's architecture), and
+``--recipe gda`` (``--gda-sigma``, ``--gda-copies``), ``label_smoothing`` (``--true-weight``),
+``fgsm_at`` (``--eps``, ``--clean-weight``) or ``vat`` (``--vat-eps``, ``--vat-xi``, ``--vat-weight``),
+whose defaults are the paper's settings for the dataset. These networks see pixels in [0, 1]
+unnormalized, as in the paper (the json's mean 0, std 1). For example::
+
+    python -m purify.training.adversarial --data-dir ../shared/data --dataset mnist --model cnn_mnist \
+        --activation brelu --recipe gda --epochs 6 --out runs/cnn_mnist_gda_brelu --threads 1
+
 Output: ``<out>.safetensors`` (the network's state dict), ``<out>.json`` (format
 ``purify.trained_classifier``: architecture, normalization, recipe, eps, learning curve, validation
 and test figures, the command, sha256) and ``<out>.log``; :func:`purify.models.create_model` loads
@@ -52,31 +63,45 @@ from purify.models import create_model
 from purify.training.recipes import RECIPES, TVM_REGIMES, TVMAugment, make_recipe, parse_fraction
 from purify.training.trainer import SCHEDULES, TrainConfig, evaluate, fit, recipe_validation
 
-__all__ = ["DATASETS", "MODELS", "main"]
+__all__ = ["DATASETS", "MODELS", "ACTIVATION_RECORDS", "main"]
 
 log = logging.getLogger("purify.training.adversarial")
 
 #: Per dataset: normalization inside the model, augmentation, and the defaults that differ.
 DATASETS: dict[str, dict[str, Any]] = {
     # CIFAR-10: Wong et al.'s settings (SGD 0.9, weight decay 5e-4, one cycle peaking at 0.2 halfway).
+    # gda_sigma, fgsm_at_eps: the BReLU/GDA paper's settings (section 4.1) for its recipes gda and fgsm_at.
     "cifar10": {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616), "augment": "crop_flip",
                 "input_size": [3, 32, 32], "lr": 0.2, "peak": 0.5, "val_iters": 10, "val_step": None,
-                "test_iters": "20", "test_step": None},
+                "test_iters": "20", "test_step": None, "gda_sigma": 0.05, "fgsm_at_eps": "0.05"},
     # MNIST: no augmentation; the one cycle peaks at 2/5 as in Wong et al.'s MNIST code. The test
     # attack is the usual PGD-40 with step 0.01 (Madry et al.), and PGD-100 as a check that it has converged;
     # validation uses PGD-40 with step 0.01 too: large steps (eps/4) overrate FGSM-trained MNIST models
     # (53 % under PGD-10 at step 0.075 vs 20 % under PGD-40 at 0.01 in our FGSM-RS run).
     "mnist": {"mean": MNIST_MEAN, "std": MNIST_STD, "augment": "none", "input_size": [1, 28, 28], "lr": 0.05,
-              "peak": 0.4, "val_iters": 40, "val_step": 0.01, "test_iters": "40,100", "test_step": 0.01},
+              "peak": 0.4, "val_iters": 40, "val_step": 0.01, "test_iters": "40,100", "test_step": 0.01,
+              "gda_sigma": 0.3, "fgsm_at_eps": "0.3"},
 }
 #: ``--init-from`` names that are pretrained registry checkpoints rather than trained artifacts.
 _REGISTRY_INIT = ("resnet20", "resnet56")
 #: ``--model`` -> (architecture record for :func:`purify.models.trained.build_network`, its dataset).
+#: A record with an ``"activation"`` takes ``--activation`` (the default is the record's).
 MODELS: dict[str, tuple[dict[str, Any], str]] = {
     "resnet20": ({"type": "CifarResNet", "depth": 20, "num_classes": 10}, "cifar10"),
     "resnet56": ({"type": "CifarResNet", "depth": 56, "num_classes": 10}, "cifar10"),
     "lenet5": ({"type": "LeNet5", "num_classes": 10, "in_channels": 1}, "mnist"),
+    # the BReLU/GDA paper's networks (purify.models.paper_nets)
+    "cnn_mnist": ({"type": "PaperCNN", "in_channels": 1, "image_size": [28, 28], "num_classes": 10,
+                   "activation": "relu"}, "mnist"),
+    "resnet_mnist": ({"type": "PaperResNet", "in_channels": 1, "image_size": [28, 28], "num_classes": 10,
+                      "activation": "relu"}, "mnist"),
+    "cnn_cifar10": ({"type": "PaperCNN", "in_channels": 3, "image_size": [32, 32], "num_classes": 10,
+                     "activation": "relu"}, "cifar10"),
+    "resnet_cifar10": ({"type": "PaperResNet", "in_channels": 3, "image_size": [32, 32], "num_classes": 10,
+                        "activation": "relu"}, "cifar10"),
 }
+#: ``--activation`` names and what they put in the architecture record (the paper's bounded ReLU has t = 1).
+ACTIVATION_RECORDS = {"relu": {"activation": "relu"}, "brelu": {"activation": "brelu", "t": 1.0}}
 
 
 def _uint8_nchw(ds, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +118,26 @@ def _parser() -> argparse.ArgumentParser:
     a("--dataset", choices=tuple(DATASETS), required=True)
     a("--model", choices=tuple(MODELS), required=True)
     a("--recipe", choices=tuple(RECIPES), required=True)
-    a("--eps", default="0", help="L∞ budget, a number or a fraction such as 8/255")
+    a("--eps", default=None, help="L∞ budget, a number or a fraction such as 8/255 (default 0; fgsm_at: the paper's "
+      "0.3 MNIST, 0.05 CIFAR-10); with eps > 0 the test set is also attacked with PGD at eps")
     a("--alpha", default=None, help="fgsm_rs step (default 1.25·eps)")
     a("--pgd-step", default=None, help="pgd_at step (default eps/4)")
     a("--pgd-iters", type=int, default=7, help="pgd_at iterations")
+    a("--gda-sigma", type=float, default=None, help="gda: std of the Gaussian noise in pixel units (default: the "
+      "paper's 0.3 MNIST, 0.05 CIFAR-10)")
+    a("--gda-copies", type=int, default=10, help="gda: noisy copies per image and step (the paper's 10; fewer "
+      "for a smaller CPU budget, recorded in the artifact)")
+    a("--true-weight", type=float, default=0.9, help="label_smoothing: the true label's target probability (the "
+      "paper's 0.9; the rest is spread evenly over the other classes)")
+    a("--clean-weight", type=float, default=0.5, help="fgsm_at: weight α of the clean loss in "
+      "α·J(x) + (1-α)·J(x_fgsm) (Goodfellow et al.'s and the paper's 0.5)")
+    a("--vat-eps", type=float, default=2.1, help="vat: L2 norm of the virtual adversarial perturbation (the "
+      "paper's 2.1)")
+    a("--vat-xi", type=float, default=None, help="vat: finite-difference step of the power iteration (default: "
+      "none, the exact Hessian-vector product, which Miyato et al.'s 1e-6 approximates)")
+    a("--vat-weight", type=float, default=1.0, help="vat: weight of the KL term (Miyato et al.'s α = 1)")
+    a("--activation", choices=tuple(ACTIVATION_RECORDS), default=None,
+      help="activation of the paper's networks (cnn_*, resnet_*): relu (default) or brelu (bounded ReLU, t = 1)")
     a("--epochs", type=int, required=True)
     a("--batch-size", type=int, default=128)
     a("--lr", type=float, default=None, help="peak learning rate (default: 0.2 CIFAR-10, 0.05 MNIST)")
@@ -128,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--checkpoint", default=None, help="checkpoint file (default: <cache>/adversarial_runs/<out name>-<hash>.pt)")
     a("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints within an epoch")
     a("--resume", action="store_true", help="continue from the checkpoint")
+    a("--keep", choices=("best", "last"), default="best",
+      help="the weights the artifact gets: the best validation epoch's (default), or the last epoch's (for a "
+           "fine-tune of a checkpoint that saw the validation images, e.g. --init-from resnet56)")
     a("--threads", type=int, default=1, help="torch CPU threads (resume with the same number)")
     a("--device", default="cpu", help="cpu or cuda[:N]")
     a("--no-progress", action="store_true")
@@ -138,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.eps is None:     # fgsm_at's budget defaults to the paper's for the dataset; the others' to no attack
+        args.eps = DATASETS[args.dataset]["fgsm_at_eps"] if args.recipe == "fgsm_at" else "0"
     try:
         args.eps_value = parse_fraction(args.eps)
         args.alpha_value = None if args.alpha is None else parse_fraction(args.alpha)
@@ -148,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if MODELS[args.model][1] != args.dataset:
         parser.error(f"--model {args.model} is for {MODELS[args.model][1]}, not {args.dataset}")
+    if args.activation is not None and "activation" not in MODELS[args.model][0]:
+        with_act = ", ".join(m for m, (arch, _) in MODELS.items() if "activation" in arch)
+        parser.error(f"--activation applies to {with_act}, not {args.model}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -158,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     ds_cfg = DATASETS[args.dataset]
-    arch = MODELS[args.model][0]
+    arch = dict(MODELS[args.model][0])
+    if args.activation is not None:
+        arch = {**{k: v for k, v in arch.items() if k != "t"}, **ACTIVATION_RECORDS[args.activation]}
     eps = args.eps_value
     command = "python -m purify.training.adversarial " + shlex.join(a for a in argv if a != "--resume")
     out_hash = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]     # two runs never share a checkpoint
@@ -177,7 +228,11 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     if registry_init:       # a public checkpoint expects its own normalization: keep it
         source = create_model(args.init_from, pretrained=True, data_dir=args.data_dir)
         mean, std = source.pretrained_cfg.mean, source.pretrained_cfg.std
-    model = Normalized(build_network(arch), mean=mean, std=std).to(device)
+    net = build_network(arch)
+    if getattr(net, "pixel_input", False) and not registry_init:
+        # a network that takes [0, 1] pixels as they are, as in its paper (the bounded ReLU's t is set for them)
+        mean, std = (0.0,) * ds_cfg["input_size"][0], (1.0,) * ds_cfg["input_size"][0]
+    model = Normalized(net, mean=mean, std=std).to(device)
     init_from = None
     if registry_init:
         model.model.load_state_dict(source.model.state_dict())     # another architecture fails here
@@ -193,7 +248,10 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                      "command": raw.get("command")}
         log.info("starting from %s (sha256 %s, recipe %s)", args.init_from, raw["sha256"][:12], raw.get("recipe"))
     recipe = make_recipe(args.recipe, eps=eps, step=args.pgd_step_value, iters=args.pgd_iters,
-                         alpha=args.alpha_value)
+                         alpha=args.alpha_value,
+                         sigma=ds_cfg["gda_sigma"] if args.gda_sigma is None else args.gda_sigma,
+                         copies=args.gda_copies, true_weight=args.true_weight, clean_weight=args.clean_weight,
+                         vat_eps=args.vat_eps, xi=args.vat_xi, vat_weight=args.vat_weight)
     if args.tvm_regime != "none":
         recipe = TVMAugment(recipe, regime=args.tvm_regime, weight=args.tvm_weight, drop_prob=args.tvm_drop)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or ds_cfg["lr"],
@@ -212,6 +270,17 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                  progress=not args.no_progress)
     if result.stopped:
         log.warning("run stopped early: %s; the model is epoch %d's", result.stopped, result.best_epoch)
+    kept = result.best_epoch
+    if args.keep == "last" and not result.stopped:
+        # the checkpoint holds the weights at the end of the last epoch (fit() left the best ones in the model)
+        model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True)["model"])
+        kept = len(result.history)
+        log.info("keeping the last epoch's weights (epoch %d; --keep last), not the best validation epoch's (%d)",
+                 kept, result.best_epoch)
+    elif registry_init:
+        log.warning("selected on validation images the pretrained %s was trained on: the choice favours the epochs "
+                    "nearest the starting point (use --keep last for a fine-tune)", args.init_from)
+    kept_row = next(r for r in result.history if r["epoch"] == kept)
     test_iters = tuple(int(k) for k in (args.test_iters or ds_cfg["test_iters"]).split(",") if k)
     test_step = args.test_step_value or ds_cfg["test_step"] or eps / 4
     test = _uint8_nchw(load_dataset(args.dataset, "test", data_dir=args.data_dir), args.test_count)
@@ -219,8 +288,8 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                        device=device, progress=not args.no_progress, desc="test")
     # the recipe's own figures on the test set too (accuracy behind TVM, WNLL accuracy)
     metrics.update(recipe_validation(model, recipe, *test, seed=args.seed + 2, device=device))
-    log.info("best epoch %d: val clean %.2f%%%s; test (%d images): %s", result.best_epoch, result.best["val_clean"],
-             f", val pgd{cfg.val_iters} {result.best['val_pgd']:.2f}%" if result.best["val_pgd"] is not None else "",
+    log.info("epoch %d: val clean %.2f%%%s; test (%d images): %s", kept, kept_row["val_clean"],
+             f", val pgd{cfg.val_iters} {kept_row['val_pgd']:.2f}%" if kept_row["val_pgd"] is not None else "",
              len(test[0]), ", ".join(f"{k} {v:.2f}%" for k, v in metrics.items()))
     n_train_full = len(train_ds) + VAL_SIZE
     config = {
@@ -235,15 +304,17 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                         "images, never trained on)", "val_count": len(val[0]),
                  "test": f"the first {len(test[0]):,} images of the test set", "test_count": len(test[0])},
         "training": {**{k: v for k, v in vars(cfg).items()}, "init_from": init_from, "epochs_run": len(result.history),
-                     "stopped": result.stopped, "best_epoch": result.best_epoch,
-                     "selection": ("best PGD validation accuracy" if recipe.adversarial else
+                     "stopped": result.stopped, "best_epoch": result.best_epoch, "kept_epoch": kept,
+                     "selection": ("the last epoch (--keep last: a fine-tune of a checkpoint trained on the validation "
+                                   "images, whose validation figures favour the starting point)" if args.keep == "last"
+                                   else "best PGD validation accuracy" if recipe.adversarial else
                                    f"best validation score: {recipe.score_text}"
                                    if hasattr(recipe, "validation_score") else "best clean validation accuracy"),
                      "train_seconds": round(result.train_seconds), "images_per_s": round(result.images_per_s, 1),
                      "threads": torch.get_num_threads(), "device": str(device), "torch": str(torch.__version__),
                      "history": result.history},
-        "val": {"clean": result.best["val_clean"], "pgd": result.best["val_pgd"],
-                **{k[4:]: v for k, v in result.best.items() if k.startswith("val_") and k not in
+        "val": {"clean": kept_row["val_clean"], "pgd": kept_row["val_pgd"],
+                **{k[4:]: v for k, v in kept_row.items() if k.startswith("val_") and k not in
                    ("val_clean", "val_pgd")},
                 "attack": (f"L∞ PGD-{cfg.val_iters}, eps {args.eps}, step {cfg.val_step:g}, one random start"
                            if recipe.adversarial else None)},

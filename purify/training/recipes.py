@@ -3,8 +3,8 @@
 A recipe is everything that distinguishes one way of training a classifier from another *inside
 one step*: which inputs the network sees and which loss it minimizes. The loop around it (data
 order, augmentation, optimizer, schedule, validation, checkpoints) is
-:func:`purify.training.trainer.fit`, the same for every recipe. Later recipes (Gaussian
-augmentation, Deep Defense, VAT, TVM augmentation) are further classes of this file's shape.
+:func:`purify.training.trainer.fit`, the same for every recipe. Further recipes (e.g. Deep Defense)
+are classes of the same shape, here or in a module of their own registered in :data:`RECIPES`.
 
 * :class:`Standard` — cross-entropy on the (augmented) clean batch;
 * :class:`PGDAT` — Madry et al. (2018): cross-entropy on PGD-k examples from a uniform random start
@@ -15,6 +15,9 @@ augmentation, Deep Defense, VAT, TVM augmentation) are further classes of this f
   the trainer's ``schedule="cyclic"``.
 * :class:`TVMAugment` — any recipe on TVM-purified images, or on the images and their purified
   copies (the WNLL/TVM paper's data regimes);
+* ``gda``, ``label_smoothing``, ``fgsm_at``, ``vat`` — the BReLU/GDA paper's Gaussian data
+  augmentation and its peer defenses, in :mod:`purify.training.gda_recipes` (registered here,
+  imported when asked for: they use this module's helpers);
 
 The adversarial examples are made by the library's own :func:`purify.attacks.pgd` (FGSM-RS is its
 one-step case with ``random_start=True``), not a copy: its input checks cost one pass over the
@@ -307,7 +310,14 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
                                                          iters=iters),
     "fgsm_rs": lambda eps, alpha=None, **kw: FGSMRS(eps=eps, alpha=alpha),
     "wnll_alternating": lambda eps=0.0, **kw: _wnll_alternating(),
+    "gda": lambda sigma, copies=10, **kw: _gda_recipe("GaussianAugment", sigma=sigma, copies=copies),
+    "label_smoothing": lambda true_weight=0.9, **kw: _gda_recipe("LabelSmoothing", true_weight=true_weight),
+    "fgsm_at": lambda eps, clean_weight=0.5, **kw: _gda_recipe("FGSMAT", eps=eps, clean_weight=clean_weight),
+    "vat": lambda vat_eps=2.1, xi=None, vat_weight=1.0, **kw: _gda_recipe("VAT", eps=vat_eps, xi=xi,
+                                                                           weight=vat_weight),
 }
+#: Recipes whose training inputs are L∞ attacks of budget ``eps`` (they need ``eps > 0``).
+_NEEDS_EPS = ("pgd_at", "fgsm_rs", "fgsm_at")
 
 
 def _wnll_alternating() -> Recipe:
@@ -315,23 +325,42 @@ def _wnll_alternating() -> Recipe:
     return WNLLAlternating()
 
 
+def _gda_recipe(cls: str, **kw: Any) -> Recipe:
+    from purify.training import gda_recipes      # it imports this module's helpers: imported when asked for
+    return getattr(gda_recipes, cls)(**kw)
+
+
 def make_recipe(name: str, *, eps: float = 0.0, step: float | None = None, iters: int = 7,
-                alpha: float | None = None) -> Recipe:
+                alpha: float | None = None, sigma: float | None = None, copies: int = 10,
+                true_weight: float = 0.9, clean_weight: float = 0.5, vat_eps: float = 2.1,
+                xi: float | None = None, vat_weight: float = 1.0) -> Recipe:
     """The recipe called ``name`` (one of :data:`RECIPES`); the keywords a recipe does not use are ignored.
 
     ``pgd_at``'s ``step`` defaults to ``eps / 4``; ``fgsm_rs``'s ``alpha`` to ``1.25 * eps``.
+    ``gda``: ``sigma`` (required; the paper's 0.3 MNIST, 0.05 CIFAR-10) and ``copies``;
+    ``label_smoothing``: ``true_weight``; ``fgsm_at``: ``eps`` and ``clean_weight`` (α);
+    ``vat``: ``vat_eps`` (L2), ``xi`` (None: exact power iteration) and ``vat_weight``
+    (see :mod:`purify.training.gda_recipes`; the defaults are the BReLU/GDA paper's).
 
     Raises:
-        UnknownNameError (the message lists the recipes), RangeError (``eps <= 0`` for an adversarial recipe).
+        UnknownNameError (the message lists the recipes), RangeError (``eps <= 0`` for an attack-based
+        recipe, ``sigma`` missing for ``gda``).
     Example:
         >>> make_recipe("pgd_at", eps=8 / 255, iters=7).step == 2 / 255
         True
+        >>> make_recipe("gda", sigma=0.3).config()["copies"]
+        10
     """
     check_choice("make_recipe", name, name="recipe", choices=tuple(RECIPES))
-    if name not in ("standard", "wnll_alternating") and not eps > 0:
+    if name in _NEEDS_EPS and not eps > 0:
         raise RangeError(f"make_recipe: expected eps > 0 for the adversarial recipe {name!r}, got {eps}; "
                          "pass e.g. --eps 8/255")
-    return RECIPES[name](eps=eps, step=step, iters=iters, alpha=alpha)
+    if name == "gda" and sigma is None:
+        raise RangeError("make_recipe: expected sigma for the recipe 'gda', got None; pass e.g. --gda-sigma 0.3 "
+                         "(the paper's MNIST value; 0.05 for CIFAR-10)")
+    return RECIPES[name](eps=eps, step=step, iters=iters, alpha=alpha, sigma=sigma, copies=copies,
+                         true_weight=true_weight, clean_weight=clean_weight, vat_eps=vat_eps, xi=xi,
+                         vat_weight=vat_weight)
 
 
 def parse_fraction(text: str) -> float:

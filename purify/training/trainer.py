@@ -21,7 +21,8 @@ so every shipped classifier is trained, checkpointed and selected the same way:
   :class:`~purify.training.recipes.WNLLAlternating`; same seed every epoch, ``seed + 2``) as
   ``val_<name>`` entries, and one with ``validation_score(row)`` says what epochs are selected on;
 * **phases**: a recipe with ``start_epoch(epoch)`` is told when each epoch begins (also after a
-  resume), e.g. to alternate its loss per epoch;
+  resume), e.g. to alternate its loss per epoch; one with ``after_step(model)`` is called after
+  every optimizer step (e.g. Parseval training's retraction of the weights towards orthonormality);
 * **catastrophic overfitting** (Wong et al. 2020): when the PGD validation accuracy falls more
   than ``co_threshold`` percentage points below its best (:func:`catastrophic_overfitting`),
   the run says so in a warning, stops, and ends with the best epoch's weights. Adversarial
@@ -352,6 +353,8 @@ def fit(model: nn.Module, recipe: Recipe, train: tuple[Tensor, Tensor], val: tup
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if hasattr(recipe, "after_step"):
+                recipe.after_step(model)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             sums["n"] = sums.get("n", 0) + len(idx)
