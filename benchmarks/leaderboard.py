@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 run(config, data_dir=args.data_dir, out=out / f"{row.id}-{b['norm']}", cache_dir=cache_dir,
                     progress=not args.no_progress, threads=args.threads,
                     command=f"python -m benchmarks run {shown} --data-dir {args.data_dir or '$PURIFY_DATA_DIR'}")
-            costs = _store_cost(costs_path, row, args.data_dir)
+            if row.id not in costs:     # a cost measured before (e.g. on a quiet machine) is kept: --measure-costs
+                costs = _store_cost(costs_path, row, args.data_dir)
         page = build_page(out, settings, rows, pending, costs, command)
         (out.parent / "leaderboard.md").write_text(page)
     except ConfigError as e:

@@ -72,18 +72,19 @@ def test_cached_features_reuses_only_a_cache_of_the_same_weights(tmp_path, monke
         training.cached_features("resnet20", "val", data_dir=None, cache_dir=tmp_path)
 
 
-@pytest.mark.parametrize("name", ["resnet56_wnll", "resnet56_wnll_plain"])
-def test_shipped_head_loads_and_classifies_real_images(name, data_dir):
+@pytest.mark.parametrize("name, backbone", [("resnet56_wnll", "resnet56"), ("resnet56_wnll_plain", "resnet56"),
+                                            ("resnet56_wnll_e2e_head", "resnet56_wnll_e2e")])
+def test_shipped_head_loads_and_classifies_real_images(name, backbone, data_dir):
     from purify.data import load_dataset
     from purify.models import create_model
     from purify.pipeline import DefendedClassifier
 
     cfg = json.loads((WEIGHTS / f"{name}.json").read_text())
-    assert cfg["backbone"] == "resnet56" and cfg["templates"]["per_class"] == 50
+    assert cfg["backbone"] == backbone and cfg["templates"]["per_class"] == 50
     head = WNLLHead.load(name)
     assert len(head.template_labels) == 500 and head.mode == "inductive"
-    assert (head.buffer is None) == (name == "resnet56_wnll_plain")
-    model = create_model("resnet56", pretrained=True, data_dir=data_dir)
+    assert (head.buffer is None) == (name != "resnet56_wnll")
+    model = create_model(backbone, pretrained=True, data_dir=data_dir)
     x, y = load_dataset("cifar10", "test", data_dir=data_dir).tensors(slice(0, 64))
     with torch.no_grad():
         wnll = DefendedClassifier(None, model, head=head)(x).argmax(1)

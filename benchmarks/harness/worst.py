@@ -288,16 +288,18 @@ def sanity_flags(cfg, rows: list[dict[str, Any]], worst: list[dict[str, Any]]) -
     by_id: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_id.setdefault(r["attack"], []).append(r)
-    # every side of a WNLL head has its own sanity cells: the attack works if one side reaches ~0
+    # every side of a WNLL head has its own sanity cells: per image, the worst over them (as the ensemble's)
     large = [r for side in w.sides for r in by_id.get("sanity-large-eps" + w.side_suffix(side), [])]
     if large:
-        best = min(large, key=lambda r: r["accuracy"])
-        acc = best["accuracy"]
-        side = best["attack"][len("sanity-large-eps-"):]
+        n = int(large[0]["n_images"])
+        bits = [decode_bits(r["adv_correct"], n) for r in large if r.get("adv_correct") not in (None, "")]
+        acc = (sum(all(b[i] for b in bits) for i in range(n)) / n if len(bits) == len(large)
+               else min(r["accuracy"] for r in large))
+        cells = "; ".join(f"{_label(r)} {100 * r['accuracy']:.1f} %" for r in large)
         flags.append({"check": f"accuracy reaches ~0 at a large eps ({w.sanity_eps.label})",
                       "status": "ok" if acc <= LARGE_EPS_MAX_ACCURACY else "FLAG",
-                      "evidence": f"APGD-CE ({best['threat_model']}{', through the ' + side if side else ''}) at "
-                                  f"{w.sanity_eps.label}: {100 * acc:.1f} % (limit "
+                      "evidence": f"APGD-CE at {w.sanity_eps.label}: {100 * acc:.1f} %"
+                                  + (f" per image over {cells}" if len(large) > 1 else f" ({cells})") + " (limit "
                                   f"{100 * LARGE_EPS_MAX_ACCURACY:.0f} %); a defense that keeps images at such a "
                                   "budget is masking gradients or the attack is broken"})
     else:

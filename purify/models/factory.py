@@ -96,10 +96,13 @@ _REGISTRY: dict[str, ModelConfig] = {
 # Models whose weights ship inside the package (purify/weights, made by purify.training): the
 # safetensors file is sha256-checked against its json config on load.
 _PACKAGED = ("small_cnn_cifar10",)
-# Robust references made by python -m purify.training.adversarial (format "purify.trained_classifier"):
+# Classifiers made by python -m purify.training.adversarial (format "purify.trained_classifier"):
 # LeNet-5 on MNIST (standard training; FGSM-RS and PGD-trained at eps 0.3), ResNet-20 FGSM-RS-trained
-# on CIFAR-10 at eps 8/255.
-_TRAINED = ("lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs", "resnet20_cifar10_at")
+# on CIFAR-10 at eps 8/255 (the robust references); ResNet-56 fine-tuned end to end with the WNLL/TVM
+# paper's alternating linear / WNLL recipe (its head: WNLLHead.load("resnet56_wnll_e2e_head")), and on
+# each batch and its TVM-purified copy (the paper's "original + TVM data").
+_TRAINED = ("lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs", "resnet20_cifar10_at", "resnet56_tvm_aug",
+            "resnet56_wnll_e2e")
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ def list_models() -> list[str]:
     Example:
         >>> list_models()
         ['lenet5_mnist', 'lenet5_mnist_at', 'lenet5_mnist_fgsm_rs', 'resnet20', 'resnet20_cifar10_at', 'resnet56',
-         'small_cnn_cifar10']
+         'resnet56_tvm_aug', 'resnet56_wnll_e2e', 'small_cnn_cifar10']
     """
     return sorted((*_REGISTRY, *_PACKAGED, *_TRAINED, *_USER))
 

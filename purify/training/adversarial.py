@@ -25,7 +25,10 @@ The BReLU/GDA paper's networks and recipes (Zantedeschi et al. 2017; :mod:`purif
 ``resnet_cifar10`` with ``--activation relu|brelu`` (recorded in the artifact's architecture), and
 ``--recipe gda`` (``--gda-sigma``, ``--gda-copies``), ``label_smoothing`` (``--true-weight``),
 ``fgsm_at`` (``--eps``, ``--clean-weight``) or ``vat`` (``--vat-eps``, ``--vat-xi``, ``--vat-weight``),
-whose defaults are the paper's settings for the dataset. These networks see pixels in [0, 1]
+whose defaults are the paper's settings for the dataset. Deep Defense (Yan et al. 2018) and its peers:
+``--recipe deep_defense`` (``--dd-*``), ``parseval`` (``--parseval-*``) and ``deepfool_at`` (Adv. Train I,
+``--df-clean-weight``; it needs ``--init-from``: its examples come from that fixed model); Adv. Train II
+is ``fgsm_at``. These networks see pixels in [0, 1]
 unnormalized, as in the paper (the json's mean 0, std 1). For example::
 
     python -m purify.training.adversarial --data-dir ../shared/data --dataset mnist --model cnn_mnist \
@@ -136,6 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     a("--vat-xi", type=float, default=None, help="vat: finite-difference step of the power iteration (default: "
       "none, the exact Hessian-vector product, which Miyato et al.'s 1e-6 approximates)")
     a("--vat-weight", type=float, default=1.0, help="vat: weight of the KL term (Miyato et al.'s α = 1)")
+    a("--dd-lambda", type=float, default=15.0, help="deep_defense: weight λ of the penalty (the paper's 15)")
+    a("--dd-c", type=float, default=25.0, help="deep_defense: c, correctly classified samples (the paper's 25)")
+    a("--dd-d", type=float, default=5.0, help="deep_defense: d, misclassified samples (the paper's 5)")
+    a("--dd-iters", type=int, default=5, help="deep_defense: unrolled DeepFool iterations (the authors' 5)")
+    a("--dd-classes", type=int, default=None, help="deep_defense: candidate classes per DeepFool step (default all)")
+    a("--parseval-beta", type=float, default=None, help="parseval: retraction step β (default: 1e-4 MNIST, "
+      "3e-4 CIFAR-10, Cissé et al.'s grid)")
+    a("--parseval-fraction", type=float, default=0.3, help="parseval: share of each weight's rows retracted per step")
+    a("--df-clean-weight", type=float, default=0.0, help="deepfool_at (Adv. Train I): weight of the clean loss "
+      "(0: the DeepFool examples of the starting model only)")
     a("--activation", choices=tuple(ACTIVATION_RECORDS), default=None,
       help="activation of the paper's networks (cnn_*, resnet_*): relu (default) or brelu (bounded ReLU, t = 1)")
     a("--epochs", type=int, required=True)
@@ -251,7 +264,16 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                          alpha=args.alpha_value,
                          sigma=ds_cfg["gda_sigma"] if args.gda_sigma is None else args.gda_sigma,
                          copies=args.gda_copies, true_weight=args.true_weight, clean_weight=args.clean_weight,
-                         vat_eps=args.vat_eps, xi=args.vat_xi, vat_weight=args.vat_weight)
+                         vat_eps=args.vat_eps, xi=args.vat_xi, vat_weight=args.vat_weight,
+                         dd_lambda=args.dd_lambda, dd_c=args.dd_c, dd_d=args.dd_d, dd_iters=args.dd_iters,
+                         dd_classes=args.dd_classes, parseval_fraction=args.parseval_fraction,
+                         parseval_beta=(1e-4 if args.dataset == "mnist" else 3e-4) if args.parseval_beta is None
+                         else args.parseval_beta, df_clean_weight=args.df_clean_weight)
+    if hasattr(recipe, "freeze"):      # Adv. Train I: the fixed model its examples come from is the starting one
+        if not args.init_from:
+            parser_error = f"--recipe {args.recipe} needs --init-from (the reference model whose DeepFool examples it trains on)"
+            raise SystemExit(f"python -m purify.training.adversarial: error: {parser_error}")
+        recipe.freeze(model)
     if args.tvm_regime != "none":
         recipe = TVMAugment(recipe, regime=args.tvm_regime, weight=args.tvm_weight, drop_prob=args.tvm_drop)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or ds_cfg["lr"],

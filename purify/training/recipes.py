@@ -261,6 +261,10 @@ class TVMAugment:
         if hasattr(self.base, "start_epoch"):
             self.base.start_epoch(epoch)
 
+    def after_step(self, model: nn.Module) -> None:
+        if hasattr(self.base, "after_step"):       # e.g. Parseval's retraction: never skipped under TVM
+            self.base.after_step(model)
+
     def validate(self, model: nn.Module, x: Tensor, y: Tensor, *, seed: int) -> dict[str, float]:
         """The base recipe's validation figures (its accuracy when it has none) behind TVM, and its own.
 
@@ -315,6 +319,12 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "fgsm_at": lambda eps, clean_weight=0.5, **kw: _gda_recipe("FGSMAT", eps=eps, clean_weight=clean_weight),
     "vat": lambda vat_eps=2.1, xi=None, vat_weight=1.0, **kw: _gda_recipe("VAT", eps=vat_eps, xi=xi,
                                                                            weight=vat_weight),
+    # Deep Defense (Yan et al.) and the peers of its Table 1 (Adv. Train II is fgsm_at)
+    "deep_defense": lambda dd_lambda=15.0, dd_c=25.0, dd_d=5.0, dd_iters=5, dd_classes=None, **kw: _deep_defense(
+        "DeepDefense", lam=dd_lambda, c=dd_c, d=dd_d, iters=dd_iters, num_classes=dd_classes),
+    "parseval": lambda parseval_beta=3e-4, parseval_fraction=0.3, **kw: _deep_defense(
+        "Parseval", beta=parseval_beta, fraction=parseval_fraction),
+    "deepfool_at": lambda df_clean_weight=0.0, **kw: _deep_defense("DeepFoolAT", clean_weight=df_clean_weight),
 }
 #: Recipes whose training inputs are L∞ attacks of budget ``eps`` (they need ``eps > 0``).
 _NEEDS_EPS = ("pgd_at", "fgsm_rs", "fgsm_at")
@@ -330,17 +340,23 @@ def _gda_recipe(cls: str, **kw: Any) -> Recipe:
     return getattr(gda_recipes, cls)(**kw)
 
 
-def make_recipe(name: str, *, eps: float = 0.0, step: float | None = None, iters: int = 7,
-                alpha: float | None = None, sigma: float | None = None, copies: int = 10,
-                true_weight: float = 0.9, clean_weight: float = 0.5, vat_eps: float = 2.1,
-                xi: float | None = None, vat_weight: float = 1.0) -> Recipe:
+def _deep_defense(cls: str, **kw: Any) -> Recipe:
+    from purify.training import deep_defense, deep_defense_peers     # imported when asked for
+    return getattr(deep_defense if cls == "DeepDefense" else deep_defense_peers, cls)(**kw)
+
+
+def make_recipe(name: str, *, eps: float = 0.0, sigma: float | None = None, **settings: Any) -> Recipe:
     """The recipe called ``name`` (one of :data:`RECIPES`); the keywords a recipe does not use are ignored.
 
     ``pgd_at``'s ``step`` defaults to ``eps / 4``; ``fgsm_rs``'s ``alpha`` to ``1.25 * eps``.
     ``gda``: ``sigma`` (required; the paper's 0.3 MNIST, 0.05 CIFAR-10) and ``copies``;
     ``label_smoothing``: ``true_weight``; ``fgsm_at``: ``eps`` and ``clean_weight`` (α);
     ``vat``: ``vat_eps`` (L2), ``xi`` (None: exact power iteration) and ``vat_weight``
-    (see :mod:`purify.training.gda_recipes`; the defaults are the BReLU/GDA paper's).
+    (see :mod:`purify.training.gda_recipes`; the defaults are the BReLU/GDA paper's);
+    ``deep_defense``: ``dd_lambda``, ``dd_c``, ``dd_d``, ``dd_iters``, ``dd_classes``; ``parseval``:
+    ``parseval_beta``, ``parseval_fraction``; ``deepfool_at``: ``df_clean_weight`` (see
+    :mod:`purify.training.deep_defense` and :mod:`~purify.training.deep_defense_peers`). Settings a
+    recipe does not take are ignored.
 
     Raises:
         UnknownNameError (the message lists the recipes), RangeError (``eps <= 0`` for an attack-based
@@ -358,9 +374,7 @@ def make_recipe(name: str, *, eps: float = 0.0, step: float | None = None, iters
     if name == "gda" and sigma is None:
         raise RangeError("make_recipe: expected sigma for the recipe 'gda', got None; pass e.g. --gda-sigma 0.3 "
                          "(the paper's MNIST value; 0.05 for CIFAR-10)")
-    return RECIPES[name](eps=eps, step=step, iters=iters, alpha=alpha, sigma=sigma, copies=copies,
-                         true_weight=true_weight, clean_weight=clean_weight, vat_eps=vat_eps, xi=xi,
-                         vat_weight=vat_weight)
+    return RECIPES[name](eps=eps, sigma=sigma, **settings)
 
 
 def parse_fraction(text: str) -> float:

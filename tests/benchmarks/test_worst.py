@@ -154,9 +154,21 @@ def test_the_worst_case_and_flags_cover_both_sides_of_a_head():
     assert w["accuracy"] == pytest.approx(0.05) and w["cells"] == 5
     flags = {f["check"].split(" (")[0]: f for f in sanity_flags(cfg, rows, [w])}
     assert {f["status"] for f in flags.values()} == {"ok"}, flags
-    assert "through the surrogate" in flags["accuracy reaches ~0 at a large eps"]["evidence"]
+    assert "sanity-large-eps-surrogate (none, iters 10) 0.0 %" in flags["accuracy reaches ~0 at a large eps"]["evidence"]
     assert "through the surrogate" in flags["more iterations / EOT samples do not lower accuracy further"]["evidence"]
     # the head side alone would be flagged: Square beats it, and it does not reach 0 at a large eps
     head_only = SimpleNamespace(worst=_stub(threat_models=("none",)).worst, stages=())
     flags = {f["check"].split(" (")[0]: f["status"] for f in sanity_flags(head_only, rows, worst_rows(head_only, rows))}
     assert flags["accuracy reaches ~0 at a large eps"] == "FLAG" and flags["Square does not beat the gradient attacks"] == "FLAG"
+
+
+def test_large_eps_check_takes_the_per_image_worst_over_the_sides():
+    """Each side alone keeps 4 % at the large eps, on different images: together they break every image."""
+    rows = [_row("sanity-large-eps", "none", [1] * 4 + [0] * 96, eps=64 / 255),
+            _row("sanity-large-eps-surrogate", "none", [0] * 4 + [1] * 4 + [0] * 92, eps=64 / 255)]
+    cfg = SimpleNamespace(worst=_stub(threat_models=("none",), through=("head", "surrogate")).worst, stages=())
+    (flag,) = [f for f in sanity_flags(cfg, rows, []) if f["check"].startswith("accuracy reaches")]
+    assert flag["status"] == "ok" and "APGD-CE at 64/255: 0.0 % per image over" in flag["evidence"]
+    rows[1] = _row("sanity-large-eps-surrogate", "none", [1] * 4 + [0] * 96, eps=64 / 255)   # the same images
+    (flag,) = [f for f in sanity_flags(cfg, rows, []) if f["check"].startswith("accuracy reaches")]
+    assert flag["status"] == "FLAG" and "4.0 %" in flag["evidence"]
