@@ -123,7 +123,7 @@ def _table_lines(config: str, label: str) -> list[str]:
         return [f"**{label}** (`{config}`): pending — `python -m benchmarks run {config} --data-dir ../shared/data`", ""]
     paper = _paper(config)
     lines = [f"**{label}** (`{config}`, {cells[0]['n_images']} test images; "
-             f"[report](results/{config}/report.md)) — ours / paper, in %:", "",
+             f"[report]({config}/report.md)) — ours / paper, in %:", "",
              "| attack | threat model | " + " | ".join(f"ε {e}" for e in ("0.02", "0.04", "0.06", "0.08", "0.1")) + " |",
              "|---|---|" + "---|" * 5]
     by: dict[tuple[str, str], dict[str, float]] = {}
