@@ -17,6 +17,8 @@ your own), :mod:`~benchmarks.harness.loading` (loading them, checked against eac
 :mod:`~benchmarks.harness.onnx_model` (an ONNX classifier, without gradients),
 :mod:`~benchmarks.harness.overrides` (``--set`` and ``[quick]``), :mod:`~benchmarks.harness.cells`
 (cells, cache keys), :mod:`~benchmarks.harness.threats` (threat models),
+:mod:`~benchmarks.harness.metrics` (``[metrics]``: robustness, training set distance, loss sensitivity),
+:mod:`~benchmarks.harness.stats` (a cell's sums and row),
 :mod:`~benchmarks.harness.runner` (the batched loop), and :mod:`~benchmarks.harness.report` (csv,
 markdown, plots). Which attacks exist, what each takes and how it is called comes from
 :mod:`purify.attacks.registry`; a config may ``extends`` another (:mod:`~benchmarks.harness.overrides`).
@@ -24,6 +26,7 @@ markdown, plots). Which attacks exist, what each takes and how it is called come
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import time
@@ -61,7 +64,7 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
 
     Finished cells are cached in ``<cache_dir>/<config name>/`` (default: ``cells/`` in purify's cache
     folder, ``~/.cache/purify`` or ``$PURIFY_CACHE_DIR``), not in ``out``: a killed run resumes, and
-    ``out`` receives only ``cells.csv``, ``report.md`` and the plots.
+    ``out`` receives only ``cells.csv``, ``report.md``, the plots and, with ``[metrics]``, ``metrics.json``.
 
     ``overrides`` are ``--set`` options (``["defense.stages.0.params.q=5"]``), applied to the
     config's document before it is checked; see :mod:`benchmarks.harness.overrides`.
@@ -104,6 +107,9 @@ def run(config: str | Path, *, quick: bool = False, data_dir: str | Path | None 
     result = run_config(prepared, out_dir, progress=progress, cache_dir=cache_dir, ray=ray_args)
     files = ["cells.csv", "report.md"]
     write_csv(result.rows, out_dir / "cells.csv")
+    if result.metrics:       # [metrics]: the model-level numbers (harness.metrics), beside the cells
+        (out_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=1, sort_keys=True) + "\n")
+        files.append("metrics.json")
     if no_plots is None:
         try:
             plot_accuracy(result.rows, result.clean, out_dir / "accuracy_vs_eps.png")

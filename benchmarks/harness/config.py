@@ -34,11 +34,11 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
 
     [[attacks]]
     name = "pgd"                         # a name of purify.attacks.list_attacks(): fgsm, rand_fgsm, bim, pgd, apgd,
-                                         # square, cw_l2, deepfool, trust_region, jsma, or yours:
+                                         # square, fgsm_minimal, cw_l2, deepfool, trust_region, jsma, or yours:
                                          # "myattacks:my_attack" (an AttackSpec)
     id = "pgd"                           # optional, default: name; must be unique
     eps = ["8/255", 0.02]                # numbers or "p/q" strings on the [0, 1] image scale (L-inf eps > 1
-                                         # is refused); none for cw_l2 / deepfool / trust_region / jsma
+                                         # is refused); none for the minimal attacks (fgsm_minimal, cw_l2, ...)
     threat_models = ["bpda", "eot"]      # none, transfer, bpda, eot, bpda+eot, full, substitute, blackbox
     eot_samples = [1, 10]                # for eot / bpda+eot cells (default 10)
     params = { step_ratio = 0.25, iters = [10, 50] }   # the attack's settings (purify.attacks.registry)
@@ -50,6 +50,12 @@ mistake raises :class:`ConfigError` naming the file and the key, with a hint. Th
 
     [paper]                              # optional: the paper's numbers, shown next to ours:
                                          # source, note, clean (undefended), clean_defended, [[paper.results]]
+
+    [metrics]                            # optional: numbers beyond accuracy (Zantedeschi et al. 2017; harness.metrics)
+    training_set_distance = true         # per cell train_dist: the fooled images' mean distance to their nearest
+    training_split = "train"             # training image, from this split (your images: training_path = "t.npz")
+    loss_sensitivity = true              # per config: mean ||dCE/dx||_2 over the images (undefended; BPDA)
+
     [quick]                              # optional: overrides applied by --quick
 
 ``--set KEY=VALUE`` (``load_config(..., overrides=[...])``) changes the document before any of this
@@ -71,6 +77,7 @@ from .schema import (ATTACK_THROUGH, DEFAULT_EOT_SAMPLES, EOT_THREAT_MODELS, HAR
 from purify.attacks.registry import RATIO, AttackSpec, Param, get_attack_spec
 from .inputs import (attack_keys, check_eps_scale, check_onnx_attacks, parse_data, parse_model,
                                       parse_registered, resolve_attack)
+from .metrics import parse_metrics
 from .worst import parse_worst, worst_entries
 from purify.errors import PurifyError
 
@@ -78,7 +85,7 @@ __all__ = ["ConfigError", "THREAT_MODELS", "UNDEFENDED_SOURCE", "SUBSTITUTE_SOUR
            "UNDEFENDED_EVAL", "EOT_THREAT_MODELS", "AttackEntry", "RunConfig", "Eps", "load_config", "parse_config"]
 
 _TOP_KEYS = {"name", "description", "batch_size", "device", "seed", "data", "model", "substitute", "defense",
-             "attacks", "examples", "paper", "quick", "worst"}
+             "attacks", "examples", "paper", "quick", "worst", "metrics"}
 # defense: unless every threat model is "none" / "substitute"; substitute: when one is "substitute" / "blackbox"
 _REQUIRED_TOP = ("description", "data", "model")   # and [[attacks]] or [worst]
 _DEFENSE_KEYS = {"stages", "head", "head_params", "attack_through"}
@@ -173,10 +180,11 @@ def parse_config(raw: dict[str, Any], path: Path, *, quick: bool = False) -> Run
         raise ctx.error("attacks", f"two entries share the id {dup[0]!r}; give each an id = \"...\"")
     examples = _parse_examples(ctx, cfg.get("examples"), attacks)
     paper = _parse_paper(ctx, cfg.get("paper"))
+    metrics = parse_metrics(ctx, cfg.get("metrics"), data, model)
     return RunConfig(name=name, path=Path(path), description=description, batch_size=batch_size, device=device,
                      seed=seed, data=data, model=model, stages=stages, head=head, attacks=attacks,
                      examples=examples, paper=paper, is_quick=quick, raw=raw, head_params=head_params,
-                     attack_through=attack_through, substitute=substitute, worst=worst)
+                     attack_through=attack_through, substitute=substitute, worst=worst, metrics=metrics)
 
 
 def _parse_head(ctx: Ctx, t: dict[str, Any], head: str) -> tuple[dict[str, Any], str]:

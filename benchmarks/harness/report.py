@@ -23,11 +23,16 @@ __all__ = ["COLUMNS", "machine", "write_csv", "plotting_unavailable", "plot_accu
 #: so a reader that goes by position still finds the old ones where they were.
 COLUMNS = ("cell", "attack", "attack_name", "norm", "eps", "eps_label", "threat_model", "iters", "eot_samples",
            "params", "n_images", "clean_accuracy", "accuracy", "n_clean_correct", "attack_success_rate",
-           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards", "adv_correct", "mean_l0")
+           "mean_l2", "mean_linf", "max_linf", "rho2", "wall_s", "forwards", "backwards", "adv_correct", "mean_l0",
+           "rho2_success", "rhoinf_success", "train_dist")
 #: ``adv_correct``: which images the evaluated model still got right after the attack, a hex bitmask in
 #: image order (benchmarks.harness.worst.encode_bits); the per-image worst case is computed from it.
 #: ``mean_l0``: the mean number of values (of C·H·W) the attack changed, JSMA's norm; empty for a cell read
 #: from a cache written before the column existed (its other numbers are still valid, so it is not recomputed).
+#: ``rho2_success``: mean ‖δ‖₂ / ‖x‖₂ over the images the attack fooled (``rho2`` is over all images);
+#: ``rhoinf_success``: mean ‖δ‖∞ / ‖x‖∞ over them (ART's empirical robustness of an L∞ attack such as FGSM); empty
+#: for a cell cached before they existed, nan when the attack fooled none. ``train_dist``: those images' mean
+#: distance to their nearest training image, with ``[metrics] training_set_distance`` (benchmarks.harness.metrics).
 #: The threat models of the headline's "worst defended" column. Not ``blackbox``: its attacker never
 #: sees the target (it has a column of its own, as ``transfer`` has).
 DEFENDED = ("transfer", "bpda", "eot", "bpda+eot", "full")
@@ -173,6 +178,11 @@ def _count(v: Any) -> str:
     return "–" if v is None or v == "" else f"{float(v):.1f}"
 
 
+def _opt(v: Any, fmt: str) -> str:
+    """A number the row may not carry (a column added after the cell was cached) or that may be nan: – then."""
+    return "–" if v is None or v == "" or (isinstance(v, float) and math.isnan(v)) else format(float(v), fmt)
+
+
 def _num(v: float) -> str:
     """A paper's number as printed there: 94.38, 60.4, 0.0."""
     return f"{v:.2f}" if round(v, 1) != round(v, 2) else f"{v:.1f}"
@@ -309,6 +319,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
     substitute = f"; substitute: {cfg.substitute['name']} (pretrained={cfg.substitute['pretrained']})" \
         if with_substitute else ""
     from .loading import describe_data, describe_model
+    from .metrics import metrics_lines, metrics_notes
 
     n = len(prepared.indices)
     data = cfg.data
@@ -332,6 +343,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
         f"defense: {stages}; head: {_head_text(cfg)}",
         f"- Clean accuracy: undefended {_pct(clean['undefended_accuracy'])}%"
         + (f", defended {_pct(clean['defended_accuracy'])}% (one draw per image)" if cfg.stages else ""),
+        *metrics_lines(result.metrics, prepared.training),
         *([f"- **No plots**: {plots_missing}."] if plots_missing else []),
         "",
         "## Headline: worst case over threat models" if cfg.stages else "## Results",
@@ -347,14 +359,15 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
     lines += [
         "## Every cell", "",
         "| attack | eps | threat model | iters | EOT | accuracy % | success % | mean L2 | mean Linf | max Linf | "
-        "mean L0 | rho2 | wall s | fwd | bwd |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "mean L0 | rho2 | rho2 success | rho∞ success | train dist | wall s | fwd | bwd |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['attack']} | {r['eps_label'] or '–'} | {r['threat_model']} | {r['iters']} | "
                      f"{r['eot_samples']} | {_pct(r['accuracy'])} | {_pct(r['attack_success_rate'])} | "
                      f"{r['mean_l2']:.3f} | {r['mean_linf']:.4f} | {r['max_linf']:.4f} | {_count(r.get('mean_l0'))} | "
-                     f"{r['rho2']:.4f} | "
+                     f"{r['rho2']:.4f} | {_opt(r.get('rho2_success'), '.4f')} | "
+                     f"{_opt(r.get('rhoinf_success'), '.4f')} | {_opt(r.get('train_dist'), '.3f')} | "
                      f"{r['wall_s']:.1f} | {r['forwards']} | {r['backwards']} |")
     lines += ["", "## How these numbers were made", "",
               "- Threat models: `none` attacks and evaluates the undefended classifier; `transfer` evaluates the "
@@ -373,7 +386,18 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
               "- Success % = among the images the evaluated model gets right when clean, the share it gets wrong "
               "after the attack. Norms are of δ = x_adv − x over all images; mean L0 = how many of the "
               "C·H·W values δ changes (– for cells cached before it was recorded); "
-              "rho2 = mean ‖δ‖₂ / ‖x‖₂.",
+              "rho2 = mean ‖δ‖₂ / ‖x‖₂ over all images; rho2 success = the same mean over the images the attack "
+              "fooled (right when clean, wrong after it, on the evaluated model), the empirical robustness of "
+              "DeepFool and of Zantedeschi et al.'s Eq. (2); rho∞ success = mean ‖δ‖∞ / ‖x‖∞ over the same images, "
+              "what ART's `empirical_robustness` computes for an L∞ attack such as FGSM (it divides in the attack's "
+              "norm; for images whose brightest value is 1, about the mean eps that fooled them); – when the attack "
+              "fooled none or the cell was cached before they were recorded.",
+              *(["- `fgsm_minimal` is FGSM at the smallest eps of the grid eps_step, 2·eps_step, … ≤ eps_max that "
+                 "changes each image's prediction (one gradient sign at x, ART's `minimal=True`): its rho2 success "
+                 "(Eq. (2) as printed) and rho∞ success (ART's computation) are the empirical robustness of "
+                 "Zantedeschi et al. An image it never fools within eps_max stays at the last eps of the grid and "
+                 "counts in its accuracy, not in either mean; one already wrong when clean is left unchanged."]
+                if any(r["attack_name"] == "fgsm_minimal" for r in rows) else []),
               "- fwd / bwd = images forwarded / back-propagated through the attacked model_fn (counted per "
               "draw under EOT; evaluation passes not included). `none` and `transfer` share one attack, as do "
               "`substitute` and `blackbox`, so each pair shows the same cost and overlapping wall time.",
@@ -381,6 +405,7 @@ def write_report(path: Path, *, cfg, prepared, result, command: str, total_wall_
               "them with the mean norm of their own: L2 (or L-inf) for CW-L2, DeepFool and the trust region, L0 for "
               "JSMA, which changes few values by a lot towards a random other class (its bwd counts two passes "
               "per step: the target's Jacobian row and the other classes' sum)."]
+    lines += metrics_notes(cfg, prepared.training)
     if ste:
         lines.append(f"- Under `full` / `eot`, stages {', '.join(ste)} ran with the straight-through estimator "
                      "(`ste=True`): their gradient is the identity, their forward value exact.")

@@ -14,7 +14,11 @@ Evaluation protocol (stated in every report):
   undefended classifier; so do ``substitute`` and ``blackbox``, made on the ``[substitute]`` model;
 * accuracy = fraction of the images whose evaluated prediction equals the label; attack success
   rate = among the images the evaluated model classifies correctly when clean, the fraction it
-  misclassifies after the attack.
+  misclassifies after the attack (the attack *fooled* those images);
+* ``rho2`` = mean ``||δ||₂ / ||x||₂`` over all images; ``rho2_success`` the same over the fooled
+  images only (the empirical robustness of DeepFool and of Zantedeschi et al.), ``rhoinf_success``
+  with L∞ norms (ART's ``empirical_robustness`` of an L∞ attack); ``train_dist`` (``[metrics]``) the
+  fooled images' mean distance to their nearest training image (:mod:`benchmarks.harness.metrics`).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from .cells import (Cell, base_key, cells_dir, derive_seed, expand_cells, group_
                                       read_json, write_json)
 from .config import SUBSTITUTE_SOURCE, UNDEFENDED_EVAL, ConfigError, RunConfig
 from .inputs import attack_keys, check_eps_scale
+from .metrics import TrainingSet, fooled_distances, load_training_set, model_metrics
 from .threats import attack_model_fn, full_pipeline, run_attack
-from .worst import encode_bits, worst_entries
-from purify.attacks import rho2
+from .stats import CellStats, cell_row
+from .worst import worst_entries
 from purify.errors import PurifyError
 from purify.pipeline import Pipeline
 
@@ -80,6 +85,7 @@ class Prepared:
     base: dict[str, Any]
     substitute: torch.nn.Module | None = None   # [substitute]: what substitute / blackbox attacks differentiate
     other_side: torch.nn.Module | None = None   # WNLL head: the side not chosen by attack_through (entries' through)
+    training: TrainingSet | None = None         # [metrics] training_set_distance: the training images
 
 
 @dataclass
@@ -94,6 +100,7 @@ class RunResult:
     cells_dir: Path | None = None                        # where the cells are cached (see cells.cells_dir)
     files: list[str] = field(default_factory=list)       # what was written to out_dir (no plots without matplotlib)
     plots_missing: str | None = None                     # why no plots were drawn, or None
+    metrics: dict[str, Any] | None = None                # [metrics]: the model-level numbers (metrics.model_metrics)
 
 
 def _error(cfg: RunConfig, key: str, msg: str) -> ConfigError:
@@ -143,7 +150,8 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
     return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=classifier,
                     attack_classifier=attack_classifier, other_side=other_side, pipeline=pipeline, full=full,
-                    cells=expand_cells(cfg, base), base=base, substitute=models.get("substitute"))
+                    cells=expand_cells(cfg, base), base=base, substitute=models.get("substitute"),
+                    training=load_training_set(cfg, folder, tuple(x.shape[1:])))
 
 
 class _Surrogate(torch.nn.Module):
@@ -228,57 +236,11 @@ def clean_pass(p: Prepared, cache: Path) -> dict[str, Any]:
     return {**out, "cached": False}
 
 
-class _Stats:
-    """Running sums of one cell over batches."""
-
-    def __init__(self) -> None:
-        self.n = self.correct = self.clean_correct = self.flipped = 0
-        self.l2 = self.linf = self.rho = 0.0
-        self.l0 = 0                 # changed values (of C*H*W), summed over images
-        self.max_linf = 0.0
-        self.wall = 0.0
-        self.forwards = self.backwards = 0
-        self.adv_correct: list[bool] = []
-
-    def add(self, x: torch.Tensor, x_adv: torch.Tensor, adv_ok: torch.Tensor, clean_ok: torch.Tensor) -> None:
-        d = (x_adv - x).flatten(1).double()
-        linf = d.abs().amax(1)
-        self.n += len(x)
-        self.correct += int(adv_ok.sum())
-        self.adv_correct += [bool(v) for v in adv_ok.tolist()]
-        self.clean_correct += int(clean_ok.sum())
-        self.flipped += int((clean_ok & ~adv_ok).sum())
-        self.l2 += float(torch.linalg.vector_norm(d, dim=1).sum())
-        self.linf += float(linf.sum())
-        self.l0 += int((d != 0).sum())
-        self.max_linf = max(self.max_linf, float(linf.max()) if len(x) else 0.0)
-        self.rho += rho2(x, x_adv) * len(x) if len(x) else 0.0
-
-
-def _row(cell: Cell, s: _Stats, clean_acc: float) -> dict[str, Any]:
-    return {
-        "cell": cell.hash, "attack": cell.attack_id, "attack_name": cell.attack, "norm": cell.norm,
-        "eps": cell.eps.value if cell.eps else "", "eps_label": cell.eps.label if cell.eps else "",
-        "threat_model": cell.threat_model, "iters": cell.params.get("iters", ""),
-        "eot_samples": cell.eot_samples or "", "params": _params_text(cell.params),
-        "n_images": s.n, "clean_accuracy": clean_acc, "accuracy": s.correct / s.n if s.n else float("nan"),
-        "n_clean_correct": s.clean_correct,
-        "attack_success_rate": s.flipped / s.clean_correct if s.clean_correct else float("nan"),
-        "mean_l2": s.l2 / s.n, "mean_linf": s.linf / s.n, "max_linf": s.max_linf, "rho2": s.rho / s.n,
-        "wall_s": round(s.wall, 3), "forwards": s.forwards, "backwards": s.backwards,
-        "adv_correct": encode_bits(s.adv_correct), "mean_l0": s.l0 / s.n,
-    }
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
-
-
 def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: tuple[Cell, int, Path] | None,
              examples_only: bool = False) -> dict[str, dict[str, Any]]:
     """Attack once per batch for all cells of ``job``; returns ``{cell hash: row}``."""
     first = job[0]
-    stats = {c.hash: _Stats() for c in job}
+    stats = {c.hash: CellStats() for c in job}
     und = torch.tensor(clean["undefended_correct"], dtype=torch.bool)
     dfd = torch.tensor(clean["defended_correct"] or [], dtype=torch.bool)
     bs = p.cfg.batch_size
@@ -294,6 +256,7 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
                                                                      first.attack_hash, b))
         attack_s = time.perf_counter() - t0
         sl = slice(b * bs, b * bs + len(xb))
+        evaluated = []
         for cell in job:
             t1 = time.perf_counter()
             with torch.no_grad():
@@ -301,9 +264,14 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
                     pred, ok0 = p.classifier(x_adv).argmax(1), und[sl]
                 else:
                     pred, ok0 = _defended_pred(p, x_adv, b)[1], dfd[sl]
+            evaluated.append((cell, (pred == yb).cpu(), ok0, time.perf_counter() - t1))
+        t2 = time.perf_counter()
+        dist = fooled_distances(p.training, x_adv, [ok0 & ~ok for _, ok, ok0, _ in evaluated])
+        dist_s = time.perf_counter() - t2      # shared by the job's cells, like the attack
+        for cell, adv_ok, ok0, eval_s in evaluated:
             s = stats[cell.hash]
-            s.add(xb.cpu(), x_adv.cpu(), (pred == yb).cpu(), ok0)
-            s.wall += attack_s + time.perf_counter() - t1
+            s.add(xb.cpu(), x_adv.cpu(), adv_ok, ok0, dist)
+            s.wall += attack_s + dist_s + eval_s
             s.forwards += counted.forwards
             s.backwards += counted.backwards
             if example is not None and b == 0 and cell.hash == example[0].hash:
@@ -311,8 +279,9 @@ def _run_job(p: Prepared, job: list[Cell], clean: dict[str, Any], bar, example: 
         bar.update(1)
         if examples_only:
             return {}
-    return {c.hash: _row(c, stats[c.hash], clean["undefended_accuracy" if c.threat_model in UNDEFENDED_EVAL
-                                                 else "defended_accuracy"]) for c in job}
+    return {c.hash: cell_row(c, stats[c.hash], clean["undefended_accuracy" if c.threat_model in UNDEFENDED_EVAL
+                                                     else "defended_accuracy"], train_dist=p.training is not None)
+            for c in job}
 
 
 def _execute(p: Prepared, todo: list[tuple[list[Cell], bool]], clean: dict[str, Any], bar, ex,
@@ -379,19 +348,26 @@ def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: 
     cache = cells_dir(p.cfg.name, cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     clean = clean_pass(p, cache)
+    metrics = model_metrics(p, cache)
     ex_cell = example_cell(p)
     n_examples = (p.cfg.examples or {}).get("n", 6)
     ex = (ex_cell, n_examples, cache / f"{ex_cell.slug}-{ex_cell.hash}-examples{n_examples}.npz") if ex_cell else None
     rows: dict[str, dict[str, Any]] = {}
     todo: list[tuple[list[Cell], bool]] = []
-    result = RunResult(rows=[], clean=clean, out_dir=out_dir, examples=ex[2] if ex else None, cells_dir=cache)
+    result = RunResult(rows=[], clean=clean, out_dir=out_dir, examples=ex[2] if ex else None, cells_dir=cache,
+                       metrics=metrics)
+    train_set = p.training.identity if p.training is not None else None
     for job in group_jobs(p.cells):
         missing = []
         for c in job:
             hit = read_json(cache / c.filename)
-            # A cell cached before rows carried their per-image result (adv_correct) is computed again.
-            if hit is not None and hit.get("key") == c.key and "adv_correct" in hit.get("row", {}):
-                rows[c.hash] = hit["row"]
+            # A cell cached before rows carried their per-image result (adv_correct) is computed again, and
+            # so is one without train_dist over this training set when the config asks for it. Without
+            # [metrics] a cell's train_dist is left out: the rows show what the config asks for.
+            if (hit is not None and hit.get("key") == c.key and "adv_correct" in hit.get("row", {})
+                    and (train_set is None or hit.get("train_set") == train_set)):
+                rows[c.hash] = hit["row"] if train_set is not None else \
+                    {k: v for k, v in hit["row"].items() if k != "train_dist"}
                 result.cached.append(c.label)
             else:
                 missing.append(c)
@@ -405,7 +381,8 @@ def run_config(p: Prepared, out_dir: Path, *, progress: bool = True, cache_dir: 
         for job, new in _execute(p, todo, clean, bar, ex, ray):
             for c in job:
                 if c.hash in new:
-                    write_json(cache / c.filename, {"key": c.key, "label": c.label, "row": new[c.hash]})
+                    write_json(cache / c.filename, {"key": c.key, "label": c.label, "row": new[c.hash],
+                                                    **({"train_set": train_set} if train_set is not None else {})})
                     rows[c.hash] = new[c.hash]
                     result.computed.append(c.label)
     result.rows = [rows[c.hash] for c in p.cells]

@@ -103,6 +103,7 @@ class RunConfig:
     attack_through: str = "head"
     substitute: dict[str, Any] | None = None                       # [substitute]: name, pretrained
     worst: Any = None                                              # [worst]: a harness.worst.WorstConfig
+    metrics: Any = None                                            # [metrics]: a harness.metrics.MetricsConfig
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

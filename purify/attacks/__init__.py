@@ -2,7 +2,8 @@
 
 One functional core for gradient attacks (:func:`pgd`, with :func:`fgsm` and :func:`bim` as
 its special cases), :func:`rand_fgsm` (a random step, then FGSM), :func:`apgd` (APGD-CE / -DLR / -T)
-and the score-based :func:`square` (AutoAttack's ensemble), :func:`cw_l2`, :func:`deepfool`,
+and the score-based :func:`square` (AutoAttack's ensemble), :func:`fgsm_minimal` (the smallest FGSM step
+that fools each image, for the empirical robustness), :func:`cw_l2`, :func:`deepfool`,
 :func:`trust_region` and the L0 attack :func:`jsma`; the threat models of a defense are
 expressed by wrapping the *model*: :func:`bpda` for non-differentiable stages, :func:`eot`
 for randomized ones, both for a randomized non-differentiable defense such as TVM. The attacks
@@ -23,13 +24,14 @@ Quickstart::
     >>> defended = eot(lambda v: clf(bpda(noisy)(v)), samples=4)          # BPDA + EOT threat model
     >>> adv = fgsm(defended, x, y, eps=8 / 255)
     >>> list_attacks()
-    ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
+    ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'fgsm_minimal', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
 """
 
 from purify.attacks.apgd import apgd, dlr_loss
 from purify.attacks.counting import CountedModel
 from purify.attacks.cw import CWResult, cw_l2, cw_l2_details
 from purify.attacks.deepfool import deepfool, rho2
+from purify.attacks.fgsm_minimal import fgsm_minimal
 from purify.attacks.gradient import bim, ce_loss, fgsm, margin_loss, pgd
 from purify.attacks.jsma import jsma
 from purify.attacks.rand_fgsm import rand_fgsm
@@ -41,5 +43,5 @@ from purify.attacks.wrappers import EOT, bpda, eot
 __all__ = [
     "pgd", "fgsm", "bim", "cw_l2", "deepfool", "rho2", "bpda", "eot", "EOT", "CountedModel", "list_attacks",
     "cw_l2_details", "CWResult", "ce_loss", "margin_loss", "AttackSpec", "get_attack_spec", "apgd", "square", "trust_region",
-    "dlr_loss", "rand_fgsm", "jsma",
+    "dlr_loss", "rand_fgsm", "jsma", "fgsm_minimal",
 ]

@@ -15,15 +15,15 @@ Two kinds of attack:
 
 * ``"bounded"``: takes ``eps`` and returns ``x_adv`` with ``‖x_adv - x‖ <= eps`` in its norm
   (fgsm, rand_fgsm, bim, pgd, apgd, square); reported at each eps;
-* ``"minimal"``: no budget; searches for a small perturbation that changes the label (cw_l2,
-  deepfool, trust_region, jsma); reported with the mean norm of what it found.
+* ``"minimal"``: no budget; searches for a small perturbation that changes the label (fgsm_minimal,
+  cw_l2, deepfool, trust_region, jsma); reported with the mean norm of what it found.
 
 Norms: ``"linf"`` and ``"l2"`` measure how far pixels move; ``"l0"`` counts how many of the C·H·W
 values change (JSMA, whose own ``gamma`` caps that count as a fraction).
 
 Example:
     >>> list_attacks()
-    ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
+    ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'fgsm_minimal', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
     >>> spec = get_attack_spec("pgd")
     >>> spec.kind, spec.norms, spec.required, spec.randomized
     ('bounded', ('linf', 'l2'), ('step', 'iters'), True)
@@ -47,6 +47,7 @@ from torch import Tensor
 from purify.attacks.apgd import APGD_LOSSES, apgd
 from purify.attacks.cw import cw_l2
 from purify.attacks.deepfool import deepfool
+from purify.attacks.fgsm_minimal import fgsm_minimal
 from purify.attacks.gradient import bim, fgsm, pgd
 from purify.attacks.jsma import jsma
 from purify.attacks.rand_fgsm import rand_fgsm
@@ -125,6 +126,9 @@ PARAMS: dict[str, Param] = {
     "theta": Param("float", "JSMA's change of each chosen feature per step, nonzero: +1 sets it to 1, -1 to 0"),
     "gamma": Param("float", "JSMA's L0 budget: the largest fraction of the C*H*W values it may change, at most 1",
                    low=0.0, low_open=True),
+    "eps_step": Param("float", "minimal FGSM: the step of its eps grid (eps_step, 2 eps_step, ...)", low=0.0,
+                      low_open=True),
+    "eps_max": Param("float", "minimal FGSM: the largest eps tried (at least eps_step)", low=0.0, low_open=True),
 }
 
 
@@ -303,6 +307,9 @@ _REGISTRY: dict[str, AttackSpec] = {
                        choices=(("loss", APGD_LOSSES),)),
     "square": AttackSpec("square", square, BOUNDED, ("linf", "l2"), False,
                          "Square attack (Andriushchenko et al.): score-based random search, no gradients"),
+    "fgsm_minimal": AttackSpec("fgsm_minimal", fgsm_minimal, MINIMAL, ("linf",), True,
+                               "minimal FGSM (ART's minimal=True): per image, the smallest eps on a grid of eps_step "
+                               "up to eps_max at which the FGSM step changes the label"),
     "cw_l2": AttackSpec("cw_l2", cw_l2, MINIMAL, ("l2",), True,
                         "Carlini-Wagner L2: Adam in tanh space on L2 + c * hinge, optional binary search over c"),
     "deepfool": AttackSpec("deepfool", deepfool, MINIMAL, ("l2", "linf"), True,
@@ -373,7 +380,7 @@ def list_attacks() -> list[str]:
 
     Example:
         >>> list_attacks()
-        ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
+        ['fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'fgsm_minimal', 'cw_l2', 'deepfool', 'trust_region', 'jsma']
     """
     return [*_REGISTRY, *_USER]
 
@@ -387,7 +394,7 @@ def get_attack_spec(name: str) -> AttackSpec:
         >>> get_attack_spec("cw")
         Traceback (most recent call last):
         ...
-        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'cw_l2', 'deepfool', 'trust_region', 'jsma'
+        purify.errors.UnknownNameError: unknown attack 'cw'; known attacks: 'fgsm', 'rand_fgsm', 'bim', 'pgd', 'apgd', 'square', 'fgsm_minimal', 'cw_l2', 'deepfool', 'trust_region', 'jsma'
     """
     known = {**_REGISTRY, **_USER}
     if not isinstance(name, str) or name not in known:

@@ -43,8 +43,8 @@ def _batch(model, n=4, seed=0):
 # ----------------------------------------------------------------------------- the registry itself
 
 def test_list_attacks_order_and_public_names():
-    assert list_attacks() == ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool",
-                            "trust_region", "jsma"]
+    assert list_attacks() == ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "fgsm_minimal", "cw_l2",
+                            "deepfool", "trust_region", "jsma"]
     assert attacks.list_attacks() == list_attacks()
     for name in NAMES:
         assert getattr(attacks, name) is get_attack_spec(name).function      # the public function itself

@@ -191,8 +191,8 @@ def test_counted_model_counts_every_eot_draw(order, linear):
 
 
 def test_list_attacks():
-    assert list_attacks() == ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool",
-                            "trust_region", "jsma"]
+    assert list_attacks() == ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "fgsm_minimal", "cw_l2",
+                            "deepfool", "trust_region", "jsma"]
     import purify.attacks as attacks
     assert all(callable(getattr(attacks, name)) for name in list_attacks())
 

@@ -33,9 +33,10 @@ EXTENDED = {"gcln_table_q5": "gcln_table", "wnll_head_table2": "wnll_tvm_table2"
 
 def canonical(cfg) -> dict:
     """A JSON-able form of a parsed config: every field but ``path`` and ``raw``, and its cells' keys."""
-    # ``worst`` came after the golden file; unset (None) it changes nothing, so it is left out then.
+    # ``worst`` and ``metrics`` came after the golden file; unset (None) they change nothing, so they are
+    # left out then.
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-              if f.name not in ("path", "raw") and not (f.name == "worst" and cfg.worst is None)}
+              if f.name not in ("path", "raw") and not (f.name in ("worst", "metrics") and getattr(cfg, f.name) is None)}
     as_json = json.dumps(fields, sort_keys=True,
                          default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else str(o))
     cells = [[c.label, c.hash] for c in expand_cells(cfg, base_key(cfg, np.arange(8)))]

@@ -380,7 +380,7 @@ def test_l0_attack_is_reported_by_its_mean_l0(tmp_path, one_thread):
     result = run(path, out=tmp_path / "out", progress=False, cache_dir=tmp_path / "cache")
     with open(tmp_path / "out" / "cells.csv") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == COLUMNS and COLUMNS[-1] == "mean_l0"   # appended: old positions kept
+        assert tuple(reader.fieldnames) == COLUMNS and COLUMNS[23] == "mean_l0"   # appended: old positions kept
         rows = {(r["attack"], r["threat_model"]): r for r in reader}
     jsma_row = rows[("jsma", "none")]
     assert jsma_row["norm"] == "l0" and jsma_row["eps"] == "" and jsma_row["params"] == "gamma=0.2 max_iter=5"

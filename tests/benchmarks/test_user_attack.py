@@ -18,7 +18,8 @@ from purify.attacks.registry import (BOUNDED, AttackSpec, Param, get_attack_spec
 from purify.errors import DTypeError, UnknownNameError
 from tests.benchmarks.test_user_data import FACTORY, write_config
 
-BUILTIN = ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "cw_l2", "deepfool", "trust_region", "jsma"]
+BUILTIN = ["fgsm", "rand_fgsm", "bim", "pgd", "apgd", "square", "fgsm_minimal", "cw_l2", "deepfool", "trust_region",
+           "jsma"]
 
 
 def sign_noise(model_fn, x, y, *, eps, draws: int = 1, generator=None):
