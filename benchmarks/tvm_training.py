@@ -43,7 +43,7 @@ TVM = {"weight": 0.1, "drop_prob": 0.3}
 MODELS: dict[str, tuple[str, str | None, str, str]] = {
     "resnet56": ("resnet56", None, "original", "the public checkpoint (all 50,000 training images)"),
     "resnet56_tvm_aug": ("resnet56_tvm_aug", None, "original + TVM",
-                         "fine-tuned from resnet56 on each batch and its TVM copy (fresh masks)"),
+                         "fine-tuned from resnet56 for 5 epochs on each batch and its TVM copy (fresh masks)"),
     "resnet56_wnll": ("resnet56", "resnet56_wnll", "original",
                       "frozen resnet56, trained buffer block + WNLL head (the first wave)"),
     "resnet56_wnll_e2e": ("resnet56_wnll_e2e", "resnet56_wnll_e2e_head", "original",
