@@ -354,7 +354,9 @@ def _table_row(r: dict[str, Any], costs: dict[str, dict[str, float]]) -> str:
     sanity = "ok" if not bad else "FLAG: " + "; ".join(bad)
     c = costs.get(row.id, {})
     cost = f"{c.get('1', float('nan')):.2f} / {c.get('2', float('nan')):.2f}" if c else "–"
-    return (f"| {row.name} | {row.model} | {_pct(r['clean'])} | " + " | ".join(cols)
+    # a head row names the head's artifact beside the backbone (both are what a user loads)
+    model = row.model + (f" + {row.head_params['artifact']}" if row.head_params.get("artifact") else "")
+    return (f"| {row.name} | {model} | {_pct(r['clean'])} | " + " | ".join(cols)
             + f" | {_pct(tr) if tr is not None else '–'} | {cost} | {sanity} |")
 
 

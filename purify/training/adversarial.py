@@ -271,8 +271,8 @@ def _run(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                          else args.parseval_beta, df_clean_weight=args.df_clean_weight)
     if hasattr(recipe, "freeze"):      # Adv. Train I: the fixed model its examples come from is the starting one
         if not args.init_from:
-            parser_error = f"--recipe {args.recipe} needs --init-from (the reference model whose DeepFool examples it trains on)"
-            raise SystemExit(f"python -m purify.training.adversarial: error: {parser_error}")
+            raise SystemExit(f"python -m purify.training.adversarial: error: --recipe {args.recipe} needs --init-from "
+                             "(the reference model whose DeepFool examples it trains on)")
         recipe.freeze(model)
     if args.tvm_regime != "none":
         recipe = TVMAugment(recipe, regime=args.tvm_regime, weight=args.tvm_weight, drop_prob=args.tvm_drop)
