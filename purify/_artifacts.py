@@ -94,7 +94,8 @@ def list_artifacts(format: str) -> list[str]:
 
     Example:
         >>> list_artifacts("purify.wnll_head")
-        ['resnet56_wnll', 'resnet56_wnll_e2e_head', 'resnet56_wnll_plain']
+        ['resnet56_wnll', 'resnet56_wnll_e2e_head', 'resnet56_wnll_e2e_tvm_aug_head', 'resnet56_wnll_e2e_tvm_data_head',
+         'resnet56_wnll_plain']
     """
     names = []
     for json_path in SHIPPED_DIR.glob("*.json"):

@@ -14,6 +14,15 @@ defense by three numbers beyond accuracy:
 
 Both functions here take any ``model_fn`` / images the attacks take; the harness computes them for
 a config that asks (``[metrics]``, see :mod:`benchmarks.harness.metrics`).
+
+The robustness of DeepFool and Deep Defense (Yan et al. 2018, Eq. (7) and its supplement's Eq. (2)),
+from an attack's output rather than a model:
+
+* :func:`perturbation_size`: per image ``||x_adv - x||_p``, divided by ``||x||_p`` when ``relative``
+  (p = 2 or ∞);
+* :func:`rho`: its mean over the images an attack fooled, ``ρ₂`` with DeepFool's examples, ``ρ∞``
+  with minimal FGS's (:func:`purify.attacks.fgsm_minimal`); ``relative=False`` gives the plain
+  mean norm (the supplement's ``l₂`` columns).
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ import torch
 from torch import Tensor
 
 from purify._checks import check_choice, check_image_batch, check_int
+from purify.attacks.gradient import NORMS
 from purify.attacks.gradient import ModelFn, _check_labels, _CheckedLoss, ce_loss, loss_and_input_grad
 from purify.errors import DTypeError, ShapeError
 
-__all__ = ["loss_sensitivity", "nearest_distance"]
+__all__ = ["loss_sensitivity", "nearest_distance", "perturbation_size", "rho"]
 
 
 def loss_sensitivity(model_fn: ModelFn, x: Tensor, y: Tensor, /, *, reduction: str = "mean") -> Tensor:
@@ -126,3 +136,68 @@ def _as_float64(t: Tensor, device: torch.device) -> Tensor:
     """(n, *S) -> (n, D) float64 on ``device``; uint8 as value / 255."""
     out = t.flatten(1).to(device=device, dtype=torch.float64)
     return out / 255.0 if t.dtype == torch.uint8 else out
+
+
+def perturbation_size(x: Tensor, x_adv: Tensor, /, *, norm: str = "l2", relative: bool = True) -> Tensor:
+    """Per image ``||x_adv - x||_p / ||x||_p`` (``relative``) or ``||x_adv - x||_p``, p = 2 (``"l2"``) or ∞ (``"linf"``).
+
+    Computed in float64; an all-zero image divides by 1e-12, as :func:`purify.attacks.rho2` does.
+    Neither input is checked for [0, 1] (a perturbation may be read on any scale).
+
+    Shape:
+        x, x_adv: (B, C, H, W), the same shape; output: (B,) float64 on x's device.
+    Raises:
+        ShapeError, DTypeError, UnknownNameError.
+    Example:
+        >>> x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+        >>> adv = x + torch.tensor([0.3, 0.4, 0.0, 0.0], dtype=torch.float64).view(1, 1, 2, 2)
+        >>> perturbation_size(x, adv).tolist(), perturbation_size(x, adv, norm="linf", relative=False).tolist()
+        ([0.5], [0.4])
+    """
+    fn = "perturbation_size"
+    check_image_batch(fn, x, check_range=False)
+    check_image_batch(fn, x_adv, name="x_adv", check_range=False)
+    if x.shape != x_adv.shape:
+        raise ShapeError(f"{fn}: expected x_adv of the same shape as x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
+    check_choice(fn, norm, name="norm", choices=NORMS)
+    if not isinstance(relative, bool):
+        raise DTypeError(f"{fn}: expected relative to be a bool, got {type(relative).__name__}")
+    return _sizes(x, x_adv, norm, relative)
+
+
+def _sizes(x: Tensor, x_adv: Tensor, norm: str, relative: bool) -> Tensor:
+    ord_ = 2.0 if norm == "l2" else float("inf")
+    xd = x.detach().flatten(1).double()
+    size = torch.linalg.vector_norm(x_adv.detach().flatten(1).double() - xd, ord=ord_, dim=1)
+    return size / torch.linalg.vector_norm(xd, ord=ord_, dim=1).clamp_min(1e-12) if relative else size
+
+
+def rho(x: Tensor, x_adv: Tensor, /, *, norm: str = "l2", fooled: Tensor | None = None,
+        relative: bool = True) -> float:
+    """Mean :func:`perturbation_size` over the images in ``fooled`` (all when None): ρ₂ / ρ∞ of an attack's output.
+
+    DeepFool's and Deep Defense's ρ₂ is this mean over the images DeepFool fooled (an image it
+    could not fool has no minimal perturbation); with minimal-FGS examples and ``norm="linf"`` it is
+    the supplement's ρ∞. nan when no image is selected.
+
+    Shape:
+        x, x_adv: (B, C, H, W), the same shape; fooled: (B,) bool or None. Output: a float.
+    Raises:
+        ShapeError, DTypeError, UnknownNameError.
+    Example:
+        >>> x = torch.full((2, 1, 2, 2), 0.5)
+        >>> adv = torch.stack([x[0] + 0.05, x[1] + 0.5])
+        >>> round(rho(x, adv, fooled=torch.tensor([True, False])), 6), round(rho(x, adv), 6)
+        (0.1, 0.55)
+    """
+    fn = "rho"
+    sizes = perturbation_size(x, x_adv, norm=norm, relative=relative)
+    if fooled is not None:
+        if not isinstance(fooled, Tensor) or fooled.dtype != torch.bool:
+            raise DTypeError(f"{fn}: expected fooled to be a bool tensor, got "
+                             f"{fooled.dtype if isinstance(fooled, Tensor) else type(fooled).__name__}")
+        if fooled.shape != sizes.shape:
+            raise ShapeError(f"{fn}: expected fooled of shape ({len(sizes)},), one flag per image, got "
+                             f"{tuple(fooled.shape)}")
+        sizes = sizes[fooled.to(sizes.device)]
+    return float(sizes.mean()) if len(sizes) else float("nan")

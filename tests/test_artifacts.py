@@ -15,11 +15,13 @@ from purify.errors import ChecksumError, DataNotFoundError, DTypeError
 
 SHIPPED = {
     "purify.gcln_generator": ["gcln_cifar10", "gcln_cifar10_q5"],
-    "purify.wnll_head": ["resnet56_wnll", "resnet56_wnll_e2e_head", "resnet56_wnll_plain"],
+    "purify.wnll_head": ["resnet56_wnll", "resnet56_wnll_e2e_head", "resnet56_wnll_e2e_tvm_aug_head",
+                         "resnet56_wnll_e2e_tvm_data_head", "resnet56_wnll_plain"],
     "purify.small_cnn": ["small_cnn_cifar10"],
     "purify.template_set": [],
     "purify.trained_classifier": ["lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs",
-                                   "resnet20_cifar10_at", "resnet56_tvm_aug", "resnet56_wnll_e2e"],
+                                   "resnet20_cifar10_at", "resnet56_tvm_aug", "resnet56_tvm_data", "resnet56_wnll_e2e",
+                                   "resnet56_wnll_e2e_tvm_aug", "resnet56_wnll_e2e_tvm_data"],
 }
 
 
@@ -94,7 +96,9 @@ def test_resolve_shipped_names_and_paths(tmp_path, monkeypatch):
 
 def test_exception_nothing_matches_lists_that_format(tmp_path):
     with pytest.raises(DataNotFoundError, match=r"loadx: no head at 'nope'.*shipped heads: \['resnet56_wnll', "
-                                                r"'resnet56_wnll_e2e_head', 'resnet56_wnll_plain'\]\. train one"):
+                                                r"'resnet56_wnll_e2e_head', 'resnet56_wnll_e2e_tvm_aug_head', "
+                                                r"'resnet56_wnll_e2e_tvm_data_head', 'resnet56_wnll_plain'\]\. "
+                                                r"train one"):
         resolve_artifact("nope", format="purify.wnll_head", what="head", fn="loadx", hint="train one")
     with pytest.raises(DataNotFoundError, match=r"looked for .*absent\.json\); shipped artifacts: none yet"):
         resolve_artifact(tmp_path / "absent", format="purify.template_set")

@@ -1,4 +1,4 @@
-"""Tests for purify.metrics: local loss sensitivity and the exact, chunked nearest-training-image distance."""
+"""Tests for purify.metrics: loss sensitivity, the exact nearest-training-image distance, and ρ₂ / ρ∞."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from purify.attacks import bpda, eot
+from purify.attacks import bpda, deepfool, eot, fgsm_minimal, rho2
 from purify.errors import DTypeError, NonDifferentiableError, RangeError, ShapeError, UnknownNameError
-from purify.metrics import loss_sensitivity, nearest_distance
+from purify.metrics import loss_sensitivity, nearest_distance, perturbation_size, rho
 from tests.attacks.conftest import images, make_linear
 
 
@@ -125,3 +125,64 @@ def test_nearest_distance_exceptions():
     with pytest.raises(RangeError, match="expected chunk_size >= 1"):
         nearest_distance(torch.rand(2, 3, 2, 2), ref, chunk_size=0)
     assert nearest_distance(torch.rand(0, 3, 2, 2), ref)[0].shape == (0,)
+
+
+# ----------------------------------------------------------------------------- ρ₂ / ρ∞
+
+def test_perturbation_size_is_the_hand_computation_on_odd_images():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 2, 7, 5, generator=g, dtype=torch.float64)          # odd, non-square
+    adv = (x + 0.1 * torch.randn(3, 2, 7, 5, generator=g, dtype=torch.float64)).clamp(0, 1)
+    for i in range(3):
+        d = (adv[i] - x[i]).flatten()
+        assert perturbation_size(x, adv)[i] == pytest.approx(float(d.norm() / x[i].flatten().norm()), rel=1e-12)
+        assert perturbation_size(x, adv, relative=False)[i] == pytest.approx(float(d.norm()), rel=1e-12)
+        assert perturbation_size(x, adv, norm="linf")[i] == pytest.approx(float(d.abs().max() / x[i].max()), rel=1e-12)
+    assert perturbation_size(x, adv).dtype == torch.float64
+    assert perturbation_size(x, x).tolist() == [0.0, 0.0, 0.0]               # no perturbation: 0
+    assert perturbation_size(x[:0], adv[:0]).shape == (0,)
+
+
+def test_rho_over_all_images_is_the_attacks_rho2_and_fooled_selects():
+    x = images(5, lo=0.2, hi=0.8, dtype=torch.float64)
+    model = make_linear(4, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    adv = deepfool(model, x, y)
+    assert rho(x, adv) == pytest.approx(rho2(x, adv), rel=1e-12)
+    fooled = torch.tensor([True, False, True, True, False])
+    assert rho(x, adv, fooled=fooled) == pytest.approx(float(perturbation_size(x, adv)[fooled].mean()), rel=1e-12)
+    assert math.isnan(rho(x, adv, fooled=torch.zeros(5, dtype=torch.bool)))
+
+
+def test_rho_inf_of_minimal_fgsm_is_the_mean_smallest_eps_on_bright_images():
+    """Minimal FGS moves every pixel by its eps (none clipped when x lies in [0.3, 0.7] and eps < 0.3), and an
+    image whose brightest pixel is 0.7 gives ρ∞ = eps / 0.7: the grid eps of each fooled image, over 0.7."""
+    x = images(6, lo=0.3, hi=0.7, dtype=torch.float64)
+    x[:, 0, 0, 0] = 0.7
+    model = make_linear(4, scale=2.0, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    adv = fgsm_minimal(model, x, y, eps_step=0.001, eps_max=0.25)
+    with torch.no_grad():
+        fooled = model(adv).argmax(1) != y
+    assert bool(fooled.any())
+    eps = (adv - x).abs().flatten(1).amax(1)
+    assert rho(x, adv, norm="linf", fooled=fooled) == pytest.approx(float((eps / 0.7)[fooled].mean()), rel=1e-9)
+    assert rho(x, adv, norm="linf", fooled=fooled, relative=False) == pytest.approx(float(eps[fooled].mean()))
+
+
+def test_rho_exceptions():
+    x = images(2)
+    with pytest.raises(ShapeError, match=r"perturbation_size: expected x_adv of the same shape"):
+        rho(x, x[:1])
+    with pytest.raises(ShapeError, match=r"perturbation_size: expected x of shape \(B, C, H, W\)"):
+        perturbation_size(x[0], x[0])
+    with pytest.raises(UnknownNameError, match="perturbation_size: unknown norm 'l1'"):
+        rho(x, x, norm="l1")
+    with pytest.raises(DTypeError, match="rho: expected fooled to be a bool tensor"):
+        rho(x, x, fooled=torch.tensor([1, 0]))
+    with pytest.raises(ShapeError, match=r"rho: expected fooled of shape \(2,\)"):
+        rho(x, x, fooled=torch.tensor([True]))
+    with pytest.raises(DTypeError, match="perturbation_size: expected relative to be a bool"):
+        perturbation_size(x, x, relative=1)

@@ -236,7 +236,8 @@ def test_lenet5_shapes_and_parameters():
 
 
 @pytest.mark.parametrize("name", ["lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs", "resnet20_cifar10_at",
-                                  "resnet56_tvm_aug", "resnet56_wnll_e2e"])
+                                  "resnet56_tvm_aug", "resnet56_tvm_data", "resnet56_wnll_e2e",
+                                  "resnet56_wnll_e2e_tvm_aug", "resnet56_wnll_e2e_tvm_data"])
 def test_registered_reference_loads_and_checks_its_sha256(name, tmp_path):
     if not (SHIPPED_DIR / f"{name}.json").is_file():
         pytest.skip(f"{name} is still being trained (see the README's 'Robust reference models')")

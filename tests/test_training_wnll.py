@@ -73,7 +73,9 @@ def test_cached_features_reuses_only_a_cache_of_the_same_weights(tmp_path, monke
 
 
 @pytest.mark.parametrize("name, backbone", [("resnet56_wnll", "resnet56"), ("resnet56_wnll_plain", "resnet56"),
-                                            ("resnet56_wnll_e2e_head", "resnet56_wnll_e2e")])
+                                            ("resnet56_wnll_e2e_head", "resnet56_wnll_e2e"),
+                                            ("resnet56_wnll_e2e_tvm_aug_head", "resnet56_wnll_e2e_tvm_aug"),
+                                            ("resnet56_wnll_e2e_tvm_data_head", "resnet56_wnll_e2e_tvm_data")])
 def test_shipped_head_loads_and_classifies_real_images(name, backbone, data_dir):
     from purify.data import load_dataset
     from purify.models import create_model

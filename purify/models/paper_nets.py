@@ -30,6 +30,24 @@ Example:
     >>> net = PaperCNN(in_channels=1, image_size=28, activation="brelu")
     >>> net(torch.rand(2, 1, 28, 28)).shape, net.features(torch.rand(2, 1, 28, 28)).shape
     (torch.Size([2, 10]), torch.Size([2, 128]))
+
+The Deep Defense paper's MNIST and CIFAR-10 networks (Yan, Guo & Zhang 2018, supplement Table 4),
+layer for layer, ReLU only, no dropout or batch normalization:
+
+* :class:`PaperMLP` — FC-500, ReLU, FC-150, ReLU, FC-10 (469,160 parameters on MNIST).
+* :class:`PaperLeNet` — Caffe's / MatConvNet's LeNet: Conv-5-20, MaxPool-2, Conv-5-50, MaxPool-2,
+  FC-500, ReLU, FC-10; no activation after the convolutions (as in the table and the authors' code);
+  ``"valid"`` convolutions, 28x28 -> 24 -> 12 -> 8 -> 4 (800 features into FC-500; 431,080 parameters).
+  Not :class:`~purify.models.lenet.LeNet5` (6 / 16 channels, three FC layers, ReLU everywhere).
+* :class:`PaperConvNet` — CIFAR-10: Conv-5-32, MaxPool-2, ReLU, Conv-5-32, ReLU, AvgPool-2,
+  Conv-5-64, ReLU, AvgPool-2, Conv-4-64, ReLU, Conv-1-10. The table gives no padding; the 5x5
+  convolutions are padded by 2 ("same", as in the authors' code and Caffe's cifar10_quick), the 4x4 and
+  1x1 ones not, so 32x32 -> 32 -> 16 -> 16 -> 8 -> 8 -> 4 -> 1x1 and Conv-1-10 reads a 64-vector
+  (145,578 parameters). Pooling is 2x2 with stride 2, max pooling before the first ReLU as listed.
+
+They too take pixels in [0, 1] as they are (``pixel_input = True``; the authors subtract the
+training mean image, a shift the first layer's bias can absorb) and have ``features`` (the input of
+the last layer, 150, 500 and 64 values).
 """
 
 from __future__ import annotations
@@ -44,7 +62,7 @@ from purify._checks import check_choice, check_float, check_int
 from purify.activations import make_activation
 from purify.errors import DTypeError, ShapeError
 
-__all__ = ["PAPER_ACTIVATIONS", "PaperCNN", "PaperResNet"]
+__all__ = ["PAPER_ACTIVATIONS", "PaperCNN", "PaperResNet", "PaperMLP", "PaperLeNet", "PaperConvNet"]
 
 #: ``activation`` names of the paper's networks: ReLU, or the bounded ReLU ("BRELU").
 PAPER_ACTIVATIONS = ("relu", "brelu")
@@ -188,3 +206,145 @@ class PaperResNet(_PaperStem):
         s = self.stem(x)
         h = self.act4(self.conv4(self.act3(self.conv3(s))) + s)     # identity shortcut, activation after the sum
         return torch.flatten(self.pool(h), 1)
+
+
+# ----------------------------------------------------------------------------- Deep Defense (Yan et al. 2018)
+
+class _DeepDefenseNet(nn.Module):
+    """What the three Deep Defense networks share: argument checks and ``pixel_input``.
+
+    Layer names follow the authors' code (``fc1``..., ``conv1``...), so their state dicts map one to one; each ReLU
+    is its own ``nn.ReLU`` module (``act1``...), so hooks and :func:`purify.activations.retrofit` find them.
+    """
+
+    pixel_input = True      # [0, 1] pixels as they are: the trainer wraps them with mean 0 and std 1
+
+    def __init__(self, fn: str, *, in_channels: int, image_size: int | Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        check_int(fn, in_channels, name="in_channels", low=1)
+        check_int(fn, num_classes, name="num_classes", low=1)
+        self.in_channels, self.image_size, self.num_classes = in_channels, _image_size(fn, image_size), num_classes
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, image_size={self.image_size}, num_classes={self.num_classes}"
+
+
+class PaperMLP(_DeepDefenseNet):
+    """Deep Defense's MNIST MLP: FC-500, ReLU, FC-150, ReLU, FC-``num_classes`` on the flattened image.
+
+    Args:
+        in_channels, image_size: of the inputs (MNIST: 1, 28); they fix FC-500's input size.
+        num_classes: size of the logit vector.
+
+    Shape:
+        x: (B, in_channels, *image_size); ``forward``: logits (B, num_classes); ``features``: (B, 150).
+    Raises:
+        RangeError, DTypeError.
+    Example:
+        >>> PaperMLP()(torch.zeros(3, 1, 28, 28)).shape
+        torch.Size([3, 10])
+    """
+
+    feature_dim = 150
+
+    def __init__(self, *, in_channels: int = 1, image_size: int | Sequence[int] = 28, num_classes: int = 10) -> None:
+        super().__init__("PaperMLP", in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+        h, w = self.image_size
+        self.fc1 = nn.Linear(in_channels * h * w, 500)
+        self.fc2 = nn.Linear(500, 150)
+        self.fc3 = nn.Linear(150, num_classes)
+        self.act1, self.act2 = nn.ReLU(), nn.ReLU()
+
+    def features(self, x: Tensor) -> Tensor:
+        """The second ReLU's output, shape (B, 150)."""
+        return self.act2(self.fc2(self.act1(self.fc1(torch.flatten(x, 1)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(self.features(x))
+
+
+class PaperLeNet(_DeepDefenseNet):
+    """Deep Defense's LeNet (Caffe's): Conv-5-20, MaxPool-2, Conv-5-50, MaxPool-2, FC-500, ReLU, FC-``num_classes``.
+
+    No activation between the convolutions and the pooling (the table's and the authors' network).
+
+    Args:
+        in_channels, image_size: of the inputs (MNIST: 1, 28); at least 16x16, and they fix FC-500's input size.
+        num_classes: size of the logit vector.
+
+    Shape:
+        x: (B, in_channels, *image_size); ``forward``: logits (B, num_classes); ``features``: (B, 500).
+    Raises:
+        ShapeError (image_size too small), RangeError, DTypeError.
+    Example:
+        >>> PaperLeNet()(torch.zeros(3, 1, 28, 28)).shape
+        torch.Size([3, 10])
+    """
+
+    feature_dim = 500
+
+    def __init__(self, *, in_channels: int = 1, image_size: int | Sequence[int] = 28, num_classes: int = 10) -> None:
+        super().__init__("PaperLeNet", in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+        h, w = (_valid(_valid(s, 5, 1) // 2, 5, 1) // 2 for s in self.image_size)
+        if h < 1 or w < 1:
+            raise ShapeError(f"PaperLeNet: image_size {self.image_size} leaves no pixel after the second pooling; "
+                             "expected at least 16x16 inputs (MNIST 28x28)")
+        self.conv1 = nn.Conv2d(in_channels, 20, kernel_size=5)
+        self.conv2 = nn.Conv2d(20, 50, kernel_size=5)
+        self.fc1 = nn.Linear(50 * h * w, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+        self.act1 = nn.ReLU()
+
+    def features(self, x: Tensor) -> Tensor:
+        """FC-500's ReLU output, shape (B, 500)."""
+        out = F.max_pool2d(self.conv2(F.max_pool2d(self.conv1(x), 2)), 2)
+        return self.act1(self.fc1(torch.flatten(out, 1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.features(x))
+
+
+class PaperConvNet(_DeepDefenseNet):
+    """Deep Defense's CIFAR-10 ConvNet: three 5x5 convolutions (padding 2) with pooling, Conv-4-64, Conv-1-10.
+
+    ``conv1 → maxpool 2 → relu → conv2 → relu → avgpool 2 → conv3 → relu → avgpool 2 → conv4 (4x4) → relu
+    → conv5 (1x1)``. Conv-4-64 must see a 4x4 map, so ``H // 8 == W // 8 == 4`` (sizes 32 to 39;
+    the pooling drops an odd row or column).
+
+    Args:
+        in_channels: 3 (CIFAR-10). image_size: H = W or (H, W), each in 32..39.
+        num_classes: channels of Conv-1 (the logits).
+
+    Shape:
+        x: (B, in_channels, *image_size); ``forward``: logits (B, num_classes); ``features``: (B, 64).
+    Raises:
+        ShapeError (image_size not in 32..39), RangeError, DTypeError.
+    Example:
+        >>> PaperConvNet()(torch.zeros(3, 3, 32, 32)).shape
+        torch.Size([3, 10])
+    """
+
+    feature_dim = 64
+
+    def __init__(self, *, in_channels: int = 3, image_size: int | Sequence[int] = 32, num_classes: int = 10) -> None:
+        super().__init__("PaperConvNet", in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+        if any(s // 8 != 4 for s in self.image_size):
+            raise ShapeError(f"PaperConvNet: image_size {self.image_size} gives a "
+                             f"{tuple(s // 8 for s in self.image_size)} map before Conv-4-64; expected H and W in "
+                             "32..39 (CIFAR-10 32x32), so that it reads 4x4 and Conv-1-10 a 1x1 map")
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(32, 32, kernel_size=5, padding=2)
+        self.conv3 = nn.Conv2d(32, 64, kernel_size=5, padding=2)
+        self.conv4 = nn.Conv2d(64, 64, kernel_size=4)
+        self.conv5 = nn.Conv2d(64, num_classes, kernel_size=1)
+        self.act1, self.act2, self.act3, self.act4 = nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()
+
+    def features(self, x: Tensor) -> Tensor:
+        """Conv-4-64's ReLU output (a 1x1 map), flattened: (B, 64)."""
+        out = self.act1(F.max_pool2d(self.conv1(x), 2))
+        out = F.avg_pool2d(self.act2(self.conv2(out)), 2)
+        out = F.avg_pool2d(self.act3(self.conv3(out)), 2)
+        return torch.flatten(self.act4(self.conv4(out)), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.conv5(self.features(x)[:, :, None, None]), 1)

@@ -2,8 +2,10 @@
 
 An artifact of format ``"purify.trained_classifier"`` is ``<name>.safetensors`` (the network's
 state dict) + ``<name>.json``: the architecture (``arch``: ``{"type": "CifarResNet", "depth": 20}``,
-``{"type": "LeNet5"}``, or one of the BReLU/GDA paper's networks, ``{"type": "PaperCNN",
-"in_channels": 1, "image_size": [28, 28], "activation": "brelu", "t": 1.0}`` and ``"PaperResNet"``),
+``{"type": "LeNet5"}``, one of the BReLU/GDA paper's networks, ``{"type": "PaperCNN",
+"in_channels": 1, "image_size": [28, 28], "activation": "brelu", "t": 1.0}`` and ``"PaperResNet"``, or one of
+the Deep Defense paper's, ``{"type": "PaperMLP" | "PaperLeNet" | "PaperConvNet", "in_channels": 1,
+"image_size": [28, 28]}``),
 the normalization, the classes, the recipe (e.g. FGSM-RS at eps 8/255), the learning curve, the
 validation and test figures, the exact command and the sha256 of the weights, which
 :func:`load_trained` checks before reading a tensor (:mod:`purify._artifacts`). :func:`build_network`
@@ -27,7 +29,7 @@ from purify._checks import check_choice
 from purify.errors import DTypeError, ShapeError
 from purify.models.lenet import LeNet5
 from purify.models.normalize import Normalized
-from purify.models.paper_nets import PaperCNN, PaperResNet
+from purify.models.paper_nets import PaperCNN, PaperConvNet, PaperLeNet, PaperMLP, PaperResNet
 from purify.models.resnet_cifar import CifarResNet
 
 __all__ = ["ARTIFACT_FORMAT", "ARCHS", "TrainedConfig", "build_network", "trained_config", "load_trained"]
@@ -42,6 +44,10 @@ ARCHS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     # the BReLU/GDA paper's networks: the input size fixes their linear layer, so the record carries it
     "PaperCNN": lambda a: _paper_net(PaperCNN, a),
     "PaperResNet": lambda a: _paper_net(PaperResNet, a),
+    # the Deep Defense paper's networks (ReLU only)
+    "PaperMLP": lambda a: _dd_net(PaperMLP, a),
+    "PaperLeNet": lambda a: _dd_net(PaperLeNet, a),
+    "PaperConvNet": lambda a: _dd_net(PaperConvNet, a),
 }
 
 
@@ -49,6 +55,11 @@ def _paper_net(cls: type[nn.Module], a: Mapping[str, Any]) -> nn.Module:
     return cls(in_channels=int(a["in_channels"]), image_size=tuple(int(s) for s in a["image_size"]),
                num_classes=int(a.get("num_classes", 10)), activation=str(a.get("activation", "relu")),
                t=float(a.get("t", 1.0)))
+
+
+def _dd_net(cls: type[nn.Module], a: Mapping[str, Any]) -> nn.Module:
+    return cls(in_channels=int(a["in_channels"]), image_size=tuple(int(s) for s in a["image_size"]),
+               num_classes=int(a.get("num_classes", 10)))
 
 
 def build_network(arch: Mapping[str, Any]) -> nn.Module:

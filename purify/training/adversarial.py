@@ -28,7 +28,8 @@ The BReLU/GDA paper's networks and recipes (Zantedeschi et al. 2017; :mod:`purif
 whose defaults are the paper's settings for the dataset. Deep Defense (Yan et al. 2018) and its peers:
 ``--recipe deep_defense`` (``--dd-*``), ``parseval`` (``--parseval-*``) and ``deepfool_at`` (Adv. Train I,
 ``--df-clean-weight``; it needs ``--init-from``: its examples come from that fixed model); Adv. Train II
-is ``fgsm_at``. These networks see pixels in [0, 1]
+is ``fgsm_at``; its networks are ``--model mlp_mnist`` / ``lenet_mnist`` / ``convnet_cifar10``. These networks
+see pixels in [0, 1]
 unnormalized, as in the paper (the json's mean 0, std 1). For example::
 
     python -m purify.training.adversarial --data-dir ../shared/data --dataset mnist --model cnn_mnist \
@@ -102,6 +103,11 @@ MODELS: dict[str, tuple[dict[str, Any], str]] = {
                      "activation": "relu"}, "cifar10"),
     "resnet_cifar10": ({"type": "PaperResNet", "in_channels": 3, "image_size": [32, 32], "num_classes": 10,
                         "activation": "relu"}, "cifar10"),
+    # the Deep Defense paper's networks (purify.models.paper_nets; its Table 4)
+    "mlp_mnist": ({"type": "PaperMLP", "in_channels": 1, "image_size": [28, 28], "num_classes": 10}, "mnist"),
+    "lenet_mnist": ({"type": "PaperLeNet", "in_channels": 1, "image_size": [28, 28], "num_classes": 10}, "mnist"),
+    "convnet_cifar10": ({"type": "PaperConvNet", "in_channels": 3, "image_size": [32, 32], "num_classes": 10},
+                        "cifar10"),
 }
 #: ``--activation`` names and what they put in the architecture record (the paper's bounded ReLU has t = 1).
 ACTIVATION_RECORDS = {"relu": {"activation": "relu"}, "brelu": {"activation": "brelu", "t": 1.0}}
