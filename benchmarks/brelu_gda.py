@@ -28,7 +28,7 @@ Parts (the first ``--count`` test images unless said otherwise):
   purify's cache folder (``brelu_gda/``), keyed by the source weights and the settings.
 * ``honest`` (the first ``--honest-count`` images): FGSM, Rand+FGSM, PGD (40 steps), APGD-CE, APGD-T
   and Square at L∞ 0.3, AutoAttack's way (each attack on the images the earlier ones left), exact gradients (BPDA
-  through the squeezer); the last column is the worst case per image, with a 95 % Wilson interval.
+  through the squeezer: identity backward, then APGD-CE through a smooth staircase as the backward); the last column is the worst case per image, with a 95 % Wilson interval.
 * ``table1.json``: FGSM ε 0.1 crafted on each architecture, tested on each (Table 1).
 """
 
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from .convergence import wilson
 
-__all__ = ["Entry", "ARCHS", "DEFENSES", "ENTRIES", "EPS_GRID", "load_entry", "main"]
+__all__ = ["Entry", "ARCHS", "DEFENSES", "ENTRIES", "EPS_GRID", "load_entry", "smooth_bpda_fn", "main"]
 
 log = logging.getLogger("benchmarks.brelu_gda")
 OUT = Path(__file__).resolve().parent / "results" / "brelu_gda"
@@ -85,6 +85,8 @@ JSMA = {"theta": 0.1, "gamma": 1.0}
 CW = {"kappa": 2.3, "c": 1.0, "binary_search_steps": 3, "steps": 100, "lr": 0.05}
 PGD = {"eps": 0.3, "step": 0.01, "iters": 40}
 WORST = {"iters": 50, "n_target_classes": 3, "queries": 1000}
+#: Width of the smooth BPDA staircase for the squeezer, in quantization steps (1-bit: 0.1 of the pixel range).
+SMOOTH_TEMPERATURE = 0.1
 SEED = 0
 BATCH = 100
 
@@ -94,7 +96,8 @@ def _settings(part: str) -> dict[str, Any]:
     curves = {"eps_grid": list(EPS_GRID), "alpha": ALPHA, "seed": SEED}
     return {"whitebox": curves, "minimal": {"minimal": MINIMAL}, "sensitivity": {},
             "blackbox": {**curves, "table_eps": TABLE_EPS, "deepfool": DEEPFOOL, "jsma": JSMA, "cw": CW},
-            "honest": {"alpha": ALPHA, "pgd": PGD, "worst": WORST, "seed": SEED}, "table1": {"table_eps": TABLE_EPS}}[part]
+            "honest": {"alpha": ALPHA, "pgd": PGD, "worst": WORST, "seed": SEED,
+                       "smooth_temperature": SMOOTH_TEMPERATURE}, "table1": {"table_eps": TABLE_EPS}}[part]
 
 
 # ----------------------------------------------------------------------------- models and helpers
@@ -124,6 +127,21 @@ def load_entry(entry: Entry, weights_dir: str | Path) -> tuple[nn.Module, ModelF
     defended = DefendedClassifier(squeeze, net).eval()
     through = bpda(squeeze)
     return defended, (lambda v: net(through(v))), sha
+
+
+def smooth_bpda_fn(entry: Entry, model: nn.Module) -> ModelFn | None:
+    """For a squeezed entry, the classifier behind BPDA whose backward is the smooth staircase
+    (:func:`purify.squeeze.bit_depth_surrogate`): the stronger adaptive attack on few-bit rounding,
+    where the identity backward points at pixels no step of ε can move to another level. None otherwise."""
+    if entry.bits is None:
+        return None
+    from purify.attacks import bpda
+    from purify.squeeze import BitDepthReduce, bit_depth_surrogate
+
+    bits = entry.bits
+    through = bpda(BitDepthReduce(bits=bits), backward=lambda v: bit_depth_surrogate(v, bits=bits,
+                                                                                     temperature=SMOOTH_TEMPERATURE))
+    return lambda v: model.classifier(through(v))
 
 
 def _gen() -> torch.Generator:
@@ -237,9 +255,11 @@ def part_blackbox(model: ModelFn, adv: dict[str, Any], y: Tensor) -> dict[str, A
     return res
 
 
-def part_honest(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """The honest columns at L∞ ``PGD['eps']``: the paper's FGSM and Rand+FGSM, then PGD, APGD-CE, APGD-T and
-    Square, each on the images the earlier ones left (cumulative); the worst case with its interval."""
+def part_honest(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor,
+                smooth_fn: ModelFn | None = None) -> dict[str, Any]:
+    """The honest columns at L∞ ``PGD['eps']``: the paper's FGSM and Rand+FGSM, then PGD, APGD-CE, APGD-T,
+    APGD-CE through the smooth BPDA backward (``smooth_fn``, squeezed models only) and Square, each on the
+    images the earlier ones left (cumulative); the worst case with its interval."""
     from purify.attacks import apgd, fgsm, pgd, rand_fgsm, square
 
     eps = PGD["eps"]
@@ -252,8 +272,12 @@ def part_honest(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor) -> dic
              ("apgd_ce", lambda a, b, g: apgd(attack_fn, a, b, eps=eps, loss="ce", iters=WORST["iters"], generator=g)),
              ("apgd_t", lambda a, b, g: apgd(attack_fn, a, b, eps=eps, loss="dlr-targeted", iters=WORST["iters"],
                                              n_target_classes=WORST["n_target_classes"], generator=g)),
+             ("apgd_ce_smooth", None if smooth_fn is None else
+              lambda a, b, g: apgd(smooth_fn, a, b, eps=eps, loss="ce", iters=WORST["iters"], generator=g)),
              ("square", lambda a, b, g: square(model, a, b, eps=eps, queries=WORST["queries"], generator=g)))
     for name, fn in steps:
+        if fn is None:              # does not apply to this model
+            continue
         t = time.perf_counter()
         idx = alive.nonzero().squeeze(1)
         if len(idx):
@@ -349,7 +373,8 @@ def evaluate(args: argparse.Namespace, command: str) -> None:
 
                 run("blackbox", blackbox, source_sha256=src_sha, slow_count=n_slow)
             n = min(args.honest_count, len(x))
-            run("honest", lambda: part_honest(model, attack_fn, x[:n], y[:n]), count=n)
+            smooth = smooth_bpda_fn(ENTRIES[i], model)
+            run("honest", lambda: part_honest(model, attack_fn, x[:n], y[:n], smooth), count=n)
         path.write_text(json.dumps(store, indent=1) + "\n")
     if all(loaded[a] is not None for a in ARCHS):
         path = out / "table1.json"

@@ -325,3 +325,46 @@ def test_harness_threat_models():
     assert ste_stages(stages) == ["bit_depth"]
     full = full_pipeline(stages)
     assert [m.ste for m in full.purifiers] == [True, False] and full.differentiable
+
+
+# ----------------------------------------------------------------------------- the smooth BPDA surrogate
+
+class TestBitDepthSurrogate:
+    @pytest.mark.parametrize("bits", [1, 3, 5])
+    def test_close_to_the_rounding_away_from_its_boundaries(self, bits):
+        from purify.squeeze import bit_depth_surrogate
+
+        x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(bits), dtype=torch.float64)
+        levels = 2 ** bits - 1
+        d = ((x * levels) - torch.floor(x * levels) - 0.5).abs()     # distance to the boundary, in steps
+        far = d >= 0.3
+        diff = (bit_depth_surrogate(x, bits=bits, temperature=0.05) - bit_depth_reduce(x, bits=bits)).abs() * levels
+        # sigma(-d / t) steps at distance d: sigma(-6) = 0.0025 at d = 0.3
+        assert far.any() and diff[far].max() <= torch.sigmoid(torch.tensor(-6.0)).item() + 1e-12
+
+    def test_gradient_is_steepest_at_the_boundary(self):
+        from purify.squeeze import bit_depth_surrogate
+
+        x = torch.tensor([0.0, 0.2, 0.49, 0.5, 0.51, 0.8, 1.0], dtype=torch.float64).view(1, 1, 1, 7).requires_grad_()
+        g = torch.autograd.grad(bit_depth_surrogate(x, bits=1, temperature=0.1).sum(), x)[0].flatten()
+        # d/dx sigma((x - 1/2) / t) = sigma' / t, 2.5 at the boundary for t = 0.1
+        assert g[3].item() == pytest.approx(2.5, rel=1e-9)
+        assert (g > 0).all() and g[3] == g.max() and g[0] < 0.1 and g[6] < 0.1
+
+    def test_bpda_with_the_surrogate_gives_the_rounding_forward(self):
+        from purify.attacks import bpda
+        from purify.squeeze import bit_depth_surrogate
+
+        x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        f = bpda(BitDepthReduce(bits=1), backward=lambda v: bit_depth_surrogate(v, bits=1))
+        out = f(x)
+        assert torch.equal(out.detach(), bit_depth_reduce(x.detach(), bits=1))
+        assert torch.autograd.grad(out.sum(), x)[0].abs().sum() > 0
+
+    @pytest.mark.parametrize("kwargs, err", [({"temperature": 0.0}, RangeError), ({"temperature": -1.0}, RangeError),
+                                             ({"temperature": True}, RangeError), ({"bits": 0}, RangeError)])
+    def test_exception(self, kwargs, err):
+        from purify.squeeze import bit_depth_surrogate
+
+        with pytest.raises(err, match="bit_depth_surrogate"):
+            bit_depth_surrogate(torch.rand(1, 1, 2, 2), **kwargs)
