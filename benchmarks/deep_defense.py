@@ -6,7 +6,7 @@
 
 Models, per network (``mlp``, ``lenet``: MNIST; ``convnet``: CIFAR-10): the reference and its fine-tunes by
 Parseval training, Adv. Train I (DeepFool examples), Adv. Train II (Goodfellow's FGS objective) and Deep
-Defense, named as ``runs/issue17_mnist.sh`` names them (``<net>``, ``<net>_parseval``, ``<net>_advtrain1``,
+Defense, named as ``runs/issue17_mnist.sh`` / ``runs/issue17_cifar10.sh`` name them (``<net>``, ``<net>_parseval``, ``<net>_advtrain1``,
 ``<net>_advtrain2``, ``<net>_dd``), read from ``--weights-dir`` (default ``runs/dd17``) or, when shipped under
 that name, from the registry. A model found in neither is a pending row.
 
@@ -219,6 +219,7 @@ def find_eps_ref(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, tol
 
 def _load(name: str, weights_dir: Path, data_dir: str | None) -> tuple[torch.nn.Module, dict[str, Any]] | None:
     """The model ``name`` from ``weights_dir``, else from the registry, else None; with where it came from."""
+    from purify.errors import DataNotFoundError
     from purify.models import create_model, list_models
     from purify.models.trained import load_trained
 
@@ -226,7 +227,10 @@ def _load(name: str, weights_dir: Path, data_dir: str | None) -> tuple[torch.nn.
         model = load_trained(name, weights_dir=weights_dir)
         src = str(weights_dir / name)
     elif name in list_models():
-        model = create_model(name, pretrained=True, data_dir=data_dir)
+        try:
+            model = create_model(name, pretrained=True, data_dir=data_dir)
+        except DataNotFoundError:       # registered, its artifact not shipped yet (a run in progress)
+            return None
         src = f"registry: {name}"
     else:
         return None

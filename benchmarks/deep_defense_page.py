@@ -45,7 +45,7 @@ def _shown(path: Path) -> str:
 
 
 def _pending(dataset: str, weights_dir: Path) -> str:
-    how = "runs/issue17_mnist.sh makes it" if dataset == "mnist" else "no training script yet"
+    how = f"runs/issue17_{dataset}.sh makes it"
     return f"pending: not in `{_shown(weights_dir)}` nor the registry ({how})"
 
 
@@ -87,7 +87,7 @@ def build_page(results: dict[str, dict[str, Any]], *, command: str, weights_dir:
              f"- Page: `{command}` (each model's own command: the end of this page)", f"- Machine: {machine()}",
              f"- Date: {dt.date.today().isoformat()}",
              f"- Models: the paper's MLP / LeNet (MNIST) and ConvNet (CIFAR-10), `purify.models.paper_nets`; the "
-             f"reference trained by project code, then fine-tuned by each method (`runs/issue17_mnist.sh`), read "
+             f"reference trained by project code, then fine-tuned by each method (`runs/issue17_mnist.sh`, `runs/issue17_cifar10.sh`), read "
              f"from `{_shown(weights_dir)}` or the registry. Adv. Train II is in the paper's supplement only (its Fig. 6).",
              f"- Images: the first {', '.join(map(str, counts)) or '–'} test images for Tables 1 and 2 (the paper: all "
              f"10,000); the honest columns on the first {', '.join(map(str, honest)) or '–'}.",
