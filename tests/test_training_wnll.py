@@ -72,11 +72,15 @@ def test_cached_features_reuses_only_a_cache_of_the_same_weights(tmp_path, monke
         training.cached_features("resnet20", "val", data_dir=None, cache_dir=tmp_path)
 
 
-@pytest.mark.parametrize("name, backbone", [("resnet56_wnll", "resnet56"), ("resnet56_wnll_plain", "resnet56"),
-                                            ("resnet56_wnll_e2e_head", "resnet56_wnll_e2e"),
-                                            ("resnet56_wnll_e2e_tvm_aug_head", "resnet56_wnll_e2e_tvm_aug"),
-                                            ("resnet56_wnll_e2e_tvm_data_head", "resnet56_wnll_e2e_tvm_data")])
-def test_shipped_head_loads_and_classifies_real_images(name, backbone, data_dir):
+# min_acc on 64 test images: ~3 standard deviations (0.12 at n = 64) below each head's full-test-set accuracy,
+# 92-93 % for those trained on original images, 87.2 % for the one that saw TVM images only.
+@pytest.mark.parametrize("name, backbone, min_acc", [("resnet56_wnll", "resnet56", 0.85),
+                                                     ("resnet56_wnll_plain", "resnet56", 0.85),
+                                                     ("resnet56_wnll_e2e_head", "resnet56_wnll_e2e", 0.85),
+                                                     ("resnet56_wnll_e2e_tvm_aug_head", "resnet56_wnll_e2e_tvm_aug", 0.85),
+                                                     ("resnet56_wnll_e2e_tvm_data_head", "resnet56_wnll_e2e_tvm_data",
+                                                      0.75)])
+def test_shipped_head_loads_and_classifies_real_images(name, backbone, min_acc, data_dir):
     from purify.data import load_dataset
     from purify.models import create_model
     from purify.pipeline import DefendedClassifier
@@ -91,7 +95,7 @@ def test_shipped_head_loads_and_classifies_real_images(name, backbone, data_dir)
     with torch.no_grad():
         wnll = DefendedClassifier(None, model, head=head)(x).argmax(1)
         softmax = model(x).argmax(1)
-    assert (wnll == y).float().mean() >= 0.85
+    assert (wnll == y).float().mean() >= min_acc
     assert (wnll == softmax).float().mean() >= 0.9
 
 
