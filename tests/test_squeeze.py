@@ -358,7 +358,7 @@ class TestBitDepthSurrogate:
         x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0)).requires_grad_()
         f = bpda(BitDepthReduce(bits=1), backward=lambda v: bit_depth_surrogate(v, bits=1))
         out = f(x)
-        assert torch.equal(out.detach(), bit_depth_reduce(x.detach(), bits=1))
+        torch.testing.assert_close(out.detach(), bit_depth_reduce(x.detach(), bits=1))   # levels 0 / 1: a flip is off by 1
         assert torch.autograd.grad(out.sum(), x)[0].abs().sum() > 0
 
     @pytest.mark.parametrize("kwargs, err", [({"temperature": 0.0}, RangeError), ({"temperature": -1.0}, RangeError),

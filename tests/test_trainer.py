@@ -254,7 +254,7 @@ def test_registered_reference_loads_and_checks_its_sha256(name, tmp_path):
     assert (SHIPPED_DIR / f"{name}.log").is_file()
     fresh = create_model(name)
     last = [k for k, v in model.state_dict().items() if v.is_floating_point()][-1]   # the classifier's last tensor
-    assert not torch.equal(fresh.state_dict()[last], model.state_dict()[last])
+    assert (fresh.state_dict()[last] - model.state_dict()[last]).abs().max() > 1e-3   # trained, not the random init
     for suffix in (".json", ".safetensors"):
         shutil.copy(SHIPPED_DIR / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
     blob = bytearray((tmp_path / f"{name}.safetensors").read_bytes())
