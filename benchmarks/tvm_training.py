@@ -13,7 +13,9 @@
    their ``cells.csv`` beside the paper's numbers (a config without results is listed as pending).
 3. **The honest columns** are the leaderboard's rows of these models (the ``worst`` ensemble with
    BPDA+EOT and exact-gradient EOT through TVM; through the WNLL head and its linear surrogate):
-   this page quotes ``benchmarks/results/leaderboard/<row>/``.
+   this page quotes ``benchmarks/results/leaderboard/<row>/``, with the paper's transfer figure beside
+   the worst case, and a reading generated from them (:data:`READING_PAIRS`): per trained model, whether
+   its worst case differs from the same defense on the model before training, by the 95 % intervals.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from .convergence import wilson
 from .harness.report import machine
 
-__all__ = ["MODELS", "TABLES", "clean_accuracy", "build_page", "main"]
+__all__ = ["MODELS", "TABLES", "READING_PAIRS", "clean_accuracy", "build_page", "main"]
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "tvm_training"
@@ -152,31 +154,74 @@ def _table_lines(config: str, label: str) -> list[str]:
     return lines + [""]
 
 
-def _leaderboard_lines() -> list[str]:
+#: The reading's comparisons: (baseline row, trained row, what the training changed).
+READING_PAIRS = (
+    ("resnet56", "tvm-aug", "softmax, no defense in front: original + TVM training"),
+    ("resnet56", "tvm-data", "softmax, no defense in front: TVM-only training"),
+    ("tvm", "tvm-aug-tvm", "TVM in front: original + TVM training"),
+    ("tvm", "tvm-data-tvm", "TVM in front: TVM-only training"),
+    ("wnll-e2e", "wnll-e2e-tvm-aug", "WNLL head, end to end: original + TVM training"),
+    ("wnll-e2e", "wnll-e2e-tvm-data", "WNLL head, end to end: TVM-only training"),
+    ("tvm", "wnll-e2e-tvm-aug-tvm", "TVM in front: the paper's full defense (+ WNLL head, + original + TVM training)"),
+)
+
+
+def _leaderboard_results() -> dict[str, dict[str, Any] | None]:
+    """Row id -> the leaderboard's results of that row (None while pending), in the spec's order."""
     from .leaderboard import load_leaderboard, row_results
 
-    spec = HERE / "leaderboard.toml"
-    settings, rows = load_leaderboard(spec)
+    settings, rows = load_leaderboard(HERE / "leaderboard.toml")
     out_dir = HERE / "results" / "leaderboard"
-    lines = ["| row | clean % | worst L∞ 8/255 % [95 %] | worst L2 0.5 % [95 %] | flags |", "|---|---|---|---|---|"]
-    for row in rows:
-        if row.id not in LEADERBOARD_ROWS:
-            continue
-        res = row_results(out_dir, settings, row)
+    return {row.id: {"row": row, "res": row_results(out_dir, settings, row)}
+            for row in rows if row.id in LEADERBOARD_ROWS}
+
+
+def _pct_ci(w: dict[str, Any]) -> str:
+    return f"{100 * w['accuracy']:.1f} [{100 * w['ci_low']:.1f}, {100 * w['ci_high']:.1f}]"
+
+
+def _leaderboard_lines(board: dict[str, dict[str, Any] | None]) -> list[str]:
+    lines = ["| row | clean % | transfer L∞ % | worst L∞ 8/255 % [95 %] | worst L2 0.5 % [95 %] | flags |",
+             "|---|---|---|---|---|---|"]
+    for entry in board.values():
+        row, res = entry["row"], entry["res"]
         if res is None:
-            lines.append(f"| {row.name} | pending | | | |")
+            lines.append(f"| {row.name} | pending | | | | |")
             continue
-        cols = []
-        for norm in ("linf", "l2"):
-            b = res["budgets"].get(norm)
-            if b is None:
-                cols.append("pending")
-                continue
-            w = b["worst"]
-            cols.append(f"{100 * w['accuracy']:.1f} [{100 * w['ci_low']:.1f}, {100 * w['ci_high']:.1f}]")
+        cols = [_pct_ci(res["budgets"][n]["worst"]) if n in res["budgets"] else "pending" for n in ("linf", "l2")]
+        transfer = res["budgets"].get("linf", {}).get("transfer")
         flags = sorted({f["check"] for b in res["budgets"].values() for f in b["flags"] if f["status"] == "FLAG"})
-        lines.append(f"| {row.name} | {100 * res['clean']:.1f} | {cols[0]} | {cols[1]} | "
+        lines.append(f"| {row.name} | {100 * res['clean']:.1f} | "
+                     f"{'' if transfer is None else f'{100 * float(transfer):.1f}'} | {cols[0]} | {cols[1]} | "
                      f"{'; '.join(flags) or 'none'} |")
+    return lines
+
+
+def _change(base: dict[str, Any], new: dict[str, Any]) -> str:
+    """The worst-case change from ``base`` to ``new`` at L∞, judged by their 95 % intervals."""
+    a, b = base["budgets"]["linf"]["worst"], new["budgets"]["linf"]["worst"]
+    if b["ci_low"] > a["ci_high"]:
+        return "higher (the intervals do not overlap)"
+    if b["ci_high"] < a["ci_low"]:
+        return "lower (the intervals do not overlap)"
+    return "no measurable change (the intervals overlap)"
+
+
+def _reading(board: dict[str, dict[str, Any] | None]) -> list[str]:
+    """One line per comparison whose two rows are measured: clean, transfer (the paper's protocol) and the
+    worst case at L∞ 8/255, then the verdict; generated from the numbers, so it follows the results."""
+    lines = []
+    for base_id, new_id, what in READING_PAIRS:
+        base, new = (board.get(base_id) or {}).get("res"), (board.get(new_id) or {}).get("res")
+        if base is None or new is None:
+            lines.append(f"- {what}: pending (`{base_id}` → `{new_id}`).")
+            continue
+        bt, nt = base["budgets"]["linf"].get("transfer"), new["budgets"]["linf"].get("transfer")
+        transfer = ("" if bt is None or nt is None else
+                    f"transfer {100 * float(bt):.1f} → {100 * float(nt):.1f} %, ")
+        lines.append(f"- {what} (`{base_id}` → `{new_id}`): clean {100 * base['clean']:.1f} → "
+                     f"{100 * new['clean']:.1f} %, {transfer}worst L∞ {_pct_ci(base['budgets']['linf']['worst'])} → "
+                     f"{_pct_ci(new['budgets']['linf']['worst'])} %: {_change(base, new)}.")
     return lines
 
 
@@ -205,8 +250,14 @@ def build_page(clean: dict[str, dict[str, Any]], command: str) -> str:
         lines += _table_lines(config, label)
     lines += ["## The honest columns: the leaderboard's worst case", "",
               "Per image, the worst over APGD-CE, APGD-DLR-targeted and Square (plus exact-gradient EOT through "
-              "TVM, and attacks through both sides of a WNLL head); see results/leaderboard.md for the protocol.", ""]
-    lines += _leaderboard_lines()
+              "TVM, and attacks through both sides of a WNLL head); see results/leaderboard.md for the protocol. "
+              "Transfer = the paper's protocol on the same images (PGD made on the undefended ResNet-56).", ""]
+    board = _leaderboard_results()
+    lines += _leaderboard_lines(board)
+    lines += ["", "## Reading: does training on TVM images change the adaptive picture?", "",
+              "Each line compares a row with the same defense on the model before the training named; the verdict "
+              "is the worst case's, by its 95 % interval.", ""]
+    lines += _reading(board)
     return "\n".join(lines) + "\n"
 
 
