@@ -1,35 +1,43 @@
-"""BReLU + GDA (Zantedeschi, Nicolae & Rawat 2017): the paper's MNIST tables and figures, and the honest columns.
+"""BReLU + GDA (Zantedeschi, Nicolae & Rawat 2017): the paper's MNIST and CIFAR-10 results, and the honest columns.
 
-    python -m benchmarks.brelu_gda --data-dir ../shared/data --threads 1        # every part whose models exist
+    python -m benchmarks.brelu_gda --data-dir ../shared/data --threads 1        # every MNIST part whose models exist
+    python -m benchmarks.brelu_gda --dataset cifar10 --data-dir ../shared/data --threads 1   # the same, CIFAR-10
     python -m benchmarks.brelu_gda --models cnn_mnist,cnn_mnist_fs --count 200   # some models, fewer images
-    python -m benchmarks.brelu_gda --report-only                                 # the page and figures only
+    python -m benchmarks.brelu_gda --report-only                                 # the page and figures only (both)
 
-The models are the artifacts of ``runs/issue16_mnist.sh`` (``--weights-dir``, default ``runs/mnist16``):
-the paper's CNN and ResNet with ReLU or bounded ReLU, and the CNN trained with each defense's recipe;
-feature squeezing is the ReLU CNN behind 1-bit depth reduction (the paper's FS on MNIST). One JSON per
-model in ``benchmarks/results/brelu_gda/`` holds its parts; a part is computed once (again with
-``--force``, or when the model's weights or the image count changed). A model not trained yet is a
-pending row on the page.
+The models are the artifacts of ``runs/issue16_mnist.sh`` (``--weights-dir``, default ``runs/mnist16``)
+and ``runs/issue16_cifar.sh`` (default ``runs/cifar16``): the paper's CNN and ResNet (MNIST: with ReLU
+or bounded ReLU), and the CNN trained with each defense's recipe; feature squeezing is the ReLU CNN
+behind 1-bit (MNIST) or 3-bit (CIFAR-10) depth reduction, the paper's FS. Each data set's models, ε grid
+and budgets are one :class:`~benchmarks.brelu_gda_settings.DatasetSettings`. One JSON per model in
+``benchmarks/results/brelu_gda/`` (CIFAR-10: its ``cifar10/`` subfolder) holds its parts; a part is
+computed once (again with ``--force``, or when the model's weights, the image count or the settings
+changed). A model not trained yet is a pending row on the page, which shows both data sets.
 
 Parts (the first ``--count`` test images unless said otherwise):
 
 * ``whitebox``: clean accuracy; FGSM and Rand+FGSM (α = 0.05; α = ε below it, pure noise, as the
-  paper notes) accuracy over the ε grid, through the model's own gradient (BPDA, identity backward,
-  through the squeezer): Figure 3 (the four architectures) and Figure 4's white-box panels.
-* ``minimal`` (Table 2): FGSM with minimal perturbation, ε on the grid 0.1, 0.2, 0.3: the defaults of
+  paper notes) accuracy over the ε grid (MNIST 0.01 .. 1, CIFAR-10 0.01 .. 0.3), through the model's own
+  gradient (BPDA, identity backward, through the squeezer): Figure 3 (the four MNIST architectures) and
+  the white-box panels of Figures 4 (MNIST) and 5 (CIFAR-10).
+* ``minimal`` (Table 2, MNIST only): FGSM with minimal perturbation, ε on the grid 0.1, 0.2, 0.3: the defaults of
   the Adversarial Robustness Toolbox's FGSM (``eps=0.3, eps_step=0.1, minimal=True``), the toolbox the
   paper's authors wrote and used, and the only reading under which the paper's Table 2 accuracies
   (35-74 %) can be reached; accuracy on its output (the images no ε ≤ 0.3 fooled), robustness ρ over the fooled images,
   and their mean distance to the nearest of the 60,000 MNIST training images.
-* ``sensitivity`` (Table 3): the mean L2 norm of the cross-entropy's input gradient.
-* ``blackbox``: the same images crafted on ResNet + ReLU (no defense): Figure 4's black-box panels and
-  Table 4 (FGSM ε 0.1, Rand+FGSM ε 0.3, DeepFool 100 iterations, JSMA θ 0.1 γ 1, C&W confidence 2.3;
-  JSMA and C&W on the first ``--slow-count`` images). The slow adversarial images are cached in
-  purify's cache folder (``brelu_gda/``), keyed by the source weights and the settings.
-* ``honest`` (the first ``--honest-count`` images): FGSM, Rand+FGSM, PGD (40 steps), APGD-CE, APGD-T
-  and Square at L∞ 0.3, AutoAttack's way (each attack on the images the earlier ones left), exact gradients (BPDA
-  through the squeezer: identity backward, then APGD-CE through a smooth staircase as the backward); the last column is the worst case per image, with a 95 % Wilson interval.
-* ``table1.json``: FGSM ε 0.1 crafted on each architecture, tested on each (Table 1).
+* ``sensitivity`` (Table 3; on CIFAR-10 too, without paper numbers): the mean L2 norm of the cross-entropy's
+  input gradient.
+* ``blackbox``: the same images crafted on the undefended ResNet + ReLU: the black-box panels of Figures
+  4 and 5, and Tables 4 and 5 (FGSM ε 0.1; Rand+FGSM ε 0.3 on MNIST, 0.1 on CIFAR-10; DeepFool 100 iterations,
+  JSMA θ 0.1 γ 1, C&W confidence 2.3; JSMA and C&W on the first ``--slow-count`` images). The slow
+  adversarial images are cached in purify's cache folder (``brelu_gda/``), keyed by the source weights
+  and the settings.
+* ``honest`` (the first ``--honest-count`` images): FGSM, Rand+FGSM, PGD, APGD-CE, APGD-T and Square at
+  L∞ 0.3 (MNIST; PGD 40 steps of 0.01) or 8/255 (CIFAR-10; PGD 20 steps of 2/255), AutoAttack's way (each
+  attack on the images the earlier ones left), exact gradients (BPDA through the squeezer: identity
+  backward, then APGD-CE through a smooth staircase as the backward); the last column is the worst case
+  per image, with a 95 % Wilson interval.
+* ``table1.json`` (MNIST): FGSM ε 0.1 crafted on each architecture, tested on each (Table 1).
 """
 
 from __future__ import annotations
@@ -40,64 +48,31 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+from .brelu_gda_settings import (CIFAR10, CW, DATASETS, DEEPFOOL, JSMA, MINIMAL, MNIST, SEED, WORST,
+                                 DatasetSettings, Entry)
 from .convergence import wilson
 
-__all__ = ["Entry", "ARCHS", "DEFENSES", "ENTRIES", "EPS_GRID", "load_entry", "smooth_bpda_fn", "main"]
+__all__ = ["Entry", "DatasetSettings", "MNIST", "CIFAR10", "DATASETS", "load_entry", "smooth_bpda_fn", "main"]
 
 log = logging.getLogger("benchmarks.brelu_gda")
 OUT = Path(__file__).resolve().parent / "results" / "brelu_gda"
 ModelFn = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A model of the page: ``artifact`` from the weights folder, behind ``bits``-bit squeezing when set."""
-
-    id: str
-    artifact: str
-    bits: int | None = None
-
-
-#: Figure 3 / Table 1: the four architectures.
-ARCHS = {"cnn_mnist": "CNN + ReLU", "cnn_mnist_brelu": "CNN + BReLU", "resnet_mnist": "ResNet + ReLU",
-         "resnet_mnist_brelu": "ResNet + BReLU"}
-#: Figure 4 and Tables 2-4: the defenses, in the paper's row order.
-DEFENSES = {"cnn_mnist": "CNN", "cnn_mnist_fs": "Feature squeezing", "cnn_mnist_ls": "Label smoothing",
-            "cnn_mnist_fgsm_at": "FGSM adversarial training", "cnn_mnist_vat": "VAT",
-            "cnn_mnist_gda": "GDA + ReLU", "cnn_mnist_gda_brelu": "GDA + BReLU"}
-ENTRIES = {i: Entry(i, "cnn_mnist", bits=1) if i == "cnn_mnist_fs" else Entry(i, i) for i in {**ARCHS, **DEFENSES}}
-SOURCE = "resnet_mnist"          # the black-box attacks' source: ResNet + ReLU, no defense
-#: The figures' ε grid (the paper's 0.01 .. 1), and Rand+FGSM's random step.
-EPS_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-ALPHA = 0.05
-TABLE_EPS = {"fgsm": 0.1, "rand_fgsm": 0.3}      # Table 4 (Rand+FGSM's ε is not stated: Tramèr et al.'s 0.3)
-MINIMAL = {"eps_step": 0.1, "eps_max": 0.3}
-DEEPFOOL = {"max_iter": 100}
-JSMA = {"theta": 0.1, "gamma": 1.0}
-#: C&W: the authors' code runs 9 x 10,000 Adam steps at lr 0.01; 2 CPU cores afford 3 x 100 at lr 0.05 from c = 1.
-CW = {"kappa": 2.3, "c": 1.0, "binary_search_steps": 3, "steps": 100, "lr": 0.05}
-PGD = {"eps": 0.3, "step": 0.01, "iters": 40}
-WORST = {"iters": 50, "n_target_classes": 3, "queries": 1000}
-#: Width of the smooth BPDA staircase for the squeezer, in quantization steps (1-bit: 0.1 of the pixel range).
-SMOOTH_TEMPERATURE = 0.1
-SEED = 0
 BATCH = 100
 
 
-def _settings(part: str) -> dict[str, Any]:
+def _settings(part: str, ds: DatasetSettings = MNIST) -> dict[str, Any]:
     """The settings a part's numbers depend on (stored with it: a change makes it stale)."""
-    curves = {"eps_grid": list(EPS_GRID), "alpha": ALPHA, "seed": SEED}
+    curves = {"eps_grid": list(ds.eps_grid), "alpha": ds.alpha, "seed": SEED}
     return {"whitebox": curves, "minimal": {"minimal": MINIMAL}, "sensitivity": {},
-            "blackbox": {**curves, "table_eps": TABLE_EPS, "deepfool": DEEPFOOL, "jsma": JSMA, "cw": CW},
-            "honest": {"alpha": ALPHA, "pgd": PGD, "worst": WORST, "seed": SEED,
-                       "smooth_temperature": SMOOTH_TEMPERATURE}, "table1": {"table_eps": TABLE_EPS}}[part]
+            "blackbox": {**curves, "table_eps": ds.table_eps, "deepfool": DEEPFOOL, "jsma": JSMA, "cw": CW},
+            "honest": {"alpha": ds.honest_alpha, "pgd": ds.pgd, "worst": WORST, "seed": SEED,
+                       "smooth_temperature": ds.smooth_temperature}, "table1": {"table_eps": ds.table_eps}}[part]
 
 
 # ----------------------------------------------------------------------------- models and helpers
@@ -129,7 +104,8 @@ def load_entry(entry: Entry, weights_dir: str | Path) -> tuple[nn.Module, ModelF
     return defended, (lambda v: net(through(v))), sha
 
 
-def smooth_bpda_fn(entry: Entry, model: nn.Module) -> ModelFn | None:
+def smooth_bpda_fn(entry: Entry, model: nn.Module, *,
+                   temperature: float = MNIST.smooth_temperature) -> ModelFn | None:
     """For a squeezed entry, the classifier behind BPDA whose backward is the smooth staircase
     (:func:`purify.squeeze.bit_depth_surrogate`): the stronger adaptive attack on few-bit rounding,
     where the identity backward points at pixels no step of ε can move to another level. None otherwise."""
@@ -140,7 +116,7 @@ def smooth_bpda_fn(entry: Entry, model: nn.Module) -> ModelFn | None:
 
     bits = entry.bits
     through = bpda(BitDepthReduce(bits=bits), backward=lambda v: bit_depth_surrogate(v, bits=bits,
-                                                                                     temperature=SMOOTH_TEMPERATURE))
+                                                                                     temperature=temperature))
     return lambda v: model.classifier(through(v))
 
 
@@ -162,24 +138,25 @@ def _pct(ok: Tensor) -> float:
     return 100 * float(ok.double().mean()) if len(ok) else float("nan")
 
 
-def _curves(attack_fn: ModelFn, x: Tensor, y: Tensor) -> dict[str, dict[str, Tensor]]:
+def _curves(attack_fn: ModelFn, x: Tensor, y: Tensor, ds: DatasetSettings) -> dict[str, dict[str, Tensor]]:
     """FGSM and Rand+FGSM images at every ε of the grid (one seeded generator per ε for the random step)."""
     from purify.attacks import fgsm, rand_fgsm
 
     out: dict[str, dict[str, Tensor]] = {"fgsm": {}, "rand_fgsm": {}}
-    for e in EPS_GRID:
+    for e in ds.eps_grid:
         out["fgsm"][f"{e:g}"] = _batched(lambda a, b: fgsm(attack_fn, a, b, eps=e), x, y)
         g = _gen()
-        out["rand_fgsm"][f"{e:g}"] = _batched(lambda a, b: rand_fgsm(attack_fn, a, b, eps=e, alpha=min(ALPHA, e),
+        out["rand_fgsm"][f"{e:g}"] = _batched(lambda a, b: rand_fgsm(attack_fn, a, b, eps=e, alpha=min(ds.alpha, e),
                                                                       generator=g), x, y)
     return out
 
 
 # ----------------------------------------------------------------------------- parts
 
-def part_whitebox(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor) -> dict[str, Any]:
-    """Clean accuracy and the white-box FGSM / Rand+FGSM curves, %."""
-    curves = _curves(attack_fn, x, y)
+def part_whitebox(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor, *,
+                  ds: DatasetSettings = MNIST) -> dict[str, Any]:
+    """Clean accuracy and the white-box FGSM / Rand+FGSM curves over ``ds.eps_grid``, %."""
+    curves = _curves(attack_fn, x, y, ds)
     return {"clean": _pct(_correct(model, x, y)),
             **{k: {e: _pct(_correct(model, a, y)) for e, a in c.items()} for k, c in curves.items()}}
 
@@ -216,12 +193,12 @@ def part_sensitivity(attack_fn: ModelFn, x: Tensor, y: Tensor) -> dict[str, Any]
 
 
 def craft_source(source: ModelFn, sha: str, x: Tensor, y: Tensor, slow_count: int,
-                 cache_dir: Path | None) -> dict[str, Any]:
+                 cache_dir: Path | None, *, ds: DatasetSettings = MNIST) -> dict[str, Any]:
     """The black-box images, crafted on the source: the curves, DeepFool, and JSMA / C&W on the first
     ``slow_count``. DeepFool, JSMA and C&W are read from / written to ``cache_dir`` when given."""
     from purify.attacks import cw_l2, deepfool, jsma
 
-    adv: dict[str, Any] = _curves(source, x, y)
+    adv: dict[str, Any] = _curves(source, x, y, ds)
     key = json.dumps({"sha": sha, "n": len(x), "slow": slow_count, "df": DEEPFOOL, "jsma": JSMA, "cw": CW,
                       "seed": SEED, "x": hashlib.sha256(x.numpy().tobytes()).hexdigest()}, sort_keys=True)
     path = None if cache_dir is None else cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
@@ -244,11 +221,13 @@ def craft_source(source: ModelFn, sha: str, x: Tensor, y: Tensor, slow_count: in
     return adv
 
 
-def part_blackbox(model: ModelFn, adv: dict[str, Any], y: Tensor) -> dict[str, Any]:
-    """Accuracy on the source's images: Figure 4's black-box curves and Table 4's cells, %."""
+def part_blackbox(model: ModelFn, adv: dict[str, Any], y: Tensor, *, ds: DatasetSettings = MNIST) -> dict[str, Any]:
+    """Accuracy on the source's images: the black-box curves (Figure 4 / 5) and the cells of ``ds.table``
+    (Table 4 / 5), %."""
     res: dict[str, Any] = {k: {e: _pct(_correct(model, a, y)) for e, a in adv[k].items()} for k in ("fgsm", "rand_fgsm")}
     n = len(adv["jsma"])
-    res["table4"] = {"fgsm": res["fgsm"][f"{TABLE_EPS['fgsm']:g}"], "rand_fgsm": res["rand_fgsm"][f"{TABLE_EPS['rand_fgsm']:g}"],
+    eps = ds.table_eps
+    res[ds.table] = {"fgsm": res["fgsm"][f"{eps['fgsm']:g}"], "rand_fgsm": res["rand_fgsm"][f"{eps['rand_fgsm']:g}"],
                      "deepfool": _pct(_correct(model, adv["deepfool"], y)),
                      "jsma": _pct(_correct(model, adv["jsma"], y[:n])), "cw": _pct(_correct(model, adv["cw"], y[:n]))}
     res["slow_count"] = n
@@ -256,18 +235,18 @@ def part_blackbox(model: ModelFn, adv: dict[str, Any], y: Tensor) -> dict[str, A
 
 
 def part_honest(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor,
-                smooth_fn: ModelFn | None = None) -> dict[str, Any]:
-    """The honest columns at L∞ ``PGD['eps']``: the paper's FGSM and Rand+FGSM, then PGD, APGD-CE, APGD-T,
+                smooth_fn: ModelFn | None = None, *, ds: DatasetSettings = MNIST) -> dict[str, Any]:
+    """The honest columns at L∞ ``ds.pgd['eps']``: the paper's FGSM and Rand+FGSM, then PGD, APGD-CE, APGD-T,
     APGD-CE through the smooth BPDA backward (``smooth_fn``, squeezed models only) and Square, each on the
     images the earlier ones left (cumulative); the worst case with its interval."""
     from purify.attacks import apgd, fgsm, pgd, rand_fgsm, square
 
-    eps = PGD["eps"]
+    eps, pgd_cfg = ds.pgd["eps"], ds.pgd
     alive = _correct(model, x, y)
     cells: dict[str, Any] = {"clean": _pct(alive)}
     steps = (("fgsm", lambda a, b, g: fgsm(attack_fn, a, b, eps=eps)),
-             ("rand_fgsm", lambda a, b, g: rand_fgsm(attack_fn, a, b, eps=eps, alpha=ALPHA, generator=g)),
-             ("pgd", lambda a, b, g: pgd(attack_fn, a, b, eps=eps, step=PGD["step"], iters=PGD["iters"],
+             ("rand_fgsm", lambda a, b, g: rand_fgsm(attack_fn, a, b, eps=eps, alpha=ds.honest_alpha, generator=g)),
+             ("pgd", lambda a, b, g: pgd(attack_fn, a, b, eps=eps, step=pgd_cfg["step"], iters=pgd_cfg["iters"],
                                          random_start=True, generator=g)),
              ("apgd_ce", lambda a, b, g: apgd(attack_fn, a, b, eps=eps, loss="ce", iters=WORST["iters"], generator=g)),
              ("apgd_t", lambda a, b, g: apgd(attack_fn, a, b, eps=eps, loss="dlr-targeted", iters=WORST["iters"],
@@ -292,13 +271,14 @@ def part_honest(model: ModelFn, attack_fn: ModelFn, x: Tensor, y: Tensor,
     return cells
 
 
-def part_table1(models: dict[str, ModelFn], x: Tensor, y: Tensor) -> dict[str, dict[str, float]]:
+def part_table1(models: dict[str, ModelFn], x: Tensor, y: Tensor, *,
+                ds: DatasetSettings = MNIST) -> dict[str, dict[str, float]]:
     """Table 1: rows crafted on (FGSM ε 0.1 through each architecture's gradient), columns tested on, %."""
     from purify.attacks import fgsm
 
     out: dict[str, dict[str, float]] = {}
     for src, fn in models.items():
-        adv = _batched(lambda a, b: fgsm(fn, a, b, eps=TABLE_EPS["fgsm"]), x, y)
+        adv = _batched(lambda a, b: fgsm(fn, a, b, eps=ds.table_eps["fgsm"]), x, y)
         out[src] = {dst: _pct(_correct(m, adv, y)) for dst, m in models.items()}
     return out
 
@@ -323,14 +303,17 @@ def _run_part(store: dict[str, Any], name: str, stamp: dict[str, Any], force: bo
 
 
 def evaluate(args: argparse.Namespace, command: str) -> None:
-    """Every requested part whose models exist, written to ``args.out`` as soon as it is done."""
+    """Every requested part of ``args.dataset`` whose models exist, written to its results folder under
+    ``args.out`` as soon as it is done."""
     from purify.data import load_dataset
 
-    out = Path(args.out)
+    ds = DATASETS[args.dataset]
+    out = ds.results_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    test = load_dataset("mnist", "test", data_dir=args.data_dir)
+    test = load_dataset(ds.name, "test", data_dir=args.data_dir)
     x, y = test.tensors(slice(0, args.count))
-    loaded = {i: load_entry(ENTRIES[i], args.weights_dir) for i in dict.fromkeys([*args.models, *ARCHS, SOURCE])}
+    needed = dict.fromkeys([*args.models, *ds.archs, ds.source])
+    loaded = {i: load_entry(ds.entries[i], args.weights_dir) for i in needed}
     pending = sorted(i for i in args.models if loaded[i] is None)
     if pending:
         log.info("pending (no artifact in %s yet): %s", args.weights_dir, ", ".join(pending))
@@ -339,49 +322,55 @@ def evaluate(args: argparse.Namespace, command: str) -> None:
 
     def training_images() -> Tensor:
         if not train:
-            train.append(torch.tensor(load_dataset("mnist", "train_full", data_dir=args.data_dir).x).permute(0, 3, 1, 2))
+            full = load_dataset(ds.name, "train_full", data_dir=args.data_dir)
+            train.append(torch.tensor(full.x).permute(0, 3, 1, 2))
         return train[0]
 
     for i in args.models:
         if loaded[i] is None:
             continue
         model, attack_fn, sha = loaded[i]
+        entry = ds.entries[i]
         path = out / f"{i}.json"
         store = json.loads(path.read_text()) if path.is_file() else {}
-        cfg = model.classifier.pretrained_cfg if ENTRIES[i].bits else model.pretrained_cfg
-        store.update({"id": i, "artifact": ENTRIES[i].artifact, "bits": ENTRIES[i].bits, "sha256": sha,
+        cfg = model.classifier.pretrained_cfg if entry.bits else model.pretrained_cfg
+        store.update({"id": i, "artifact": entry.artifact, "bits": entry.bits, "sha256": sha,
                       "recipe": cfg.raw.get("recipe"), "arch": cfg.arch,
                       "artifact_test_clean": cfg.raw.get("test", {}).get("clean")})
         stamp = {"sha256": sha, "count": len(x)}
 
         def run(part: str, compute: Callable[[], Any], **extra: Any) -> None:
-            if _run_part(store, part, {**stamp, **extra, "settings": _settings(part)}, args.force, command, compute):
+            if part not in ds.parts:
+                return
+            full_stamp = {**stamp, **extra, "settings": _settings(part, ds)}
+            if _run_part(store, part, full_stamp, args.force, command, compute):
                 path.write_text(json.dumps(store, indent=1) + "\n")
 
-        run("whitebox", lambda: part_whitebox(model, attack_fn, x, y))
-        if i in DEFENSES:
+        if i in ds.archs or i in ds.defenses:       # the source alone (CIFAR-10) is a row of the models table only
+            run("whitebox", lambda: part_whitebox(model, attack_fn, x, y, ds=ds))
+        if i in ds.defenses:
             run("minimal", lambda: part_minimal(model, attack_fn, x, y, training_images()))
             run("sensitivity", lambda: part_sensitivity(attack_fn, x, y))
-            if loaded[SOURCE] is not None:
-                src_model, src_sha, n_slow = loaded[SOURCE][1], loaded[SOURCE][2], min(args.slow_count, len(x))
+            if loaded[ds.source] is not None:
+                src_model, src_sha, n_slow = loaded[ds.source][1], loaded[ds.source][2], min(args.slow_count, len(x))
 
                 def blackbox() -> dict[str, Any]:
                     if not source_adv:
                         cache = None if args.no_cache else _cache_dir()
-                        source_adv.update(craft_source(src_model, src_sha, x, y, n_slow, cache))
-                    return part_blackbox(model, source_adv, y)
+                        source_adv.update(craft_source(src_model, src_sha, x, y, n_slow, cache, ds=ds))
+                    return part_blackbox(model, source_adv, y, ds=ds)
 
                 run("blackbox", blackbox, source_sha256=src_sha, slow_count=n_slow)
             n = min(args.honest_count, len(x))
-            smooth = smooth_bpda_fn(ENTRIES[i], model)
-            run("honest", lambda: part_honest(model, attack_fn, x[:n], y[:n], smooth), count=n)
+            smooth = smooth_bpda_fn(entry, model, temperature=ds.smooth_temperature)
+            run("honest", lambda: part_honest(model, attack_fn, x[:n], y[:n], smooth, ds=ds), count=n)
         path.write_text(json.dumps(store, indent=1) + "\n")
-    if all(loaded[a] is not None for a in ARCHS):
+    if ds.archs and all(loaded[a] is not None for a in ds.archs):
         path = out / "table1.json"
         store = json.loads(path.read_text()) if path.is_file() else {"id": "table1"}
-        stamp = {"sha256": {a: loaded[a][2] for a in ARCHS}, "count": len(x), "settings": _settings("table1")}
+        stamp = {"sha256": {a: loaded[a][2] for a in ds.archs}, "count": len(x), "settings": _settings("table1", ds)}
         if _run_part(store, "table1", stamp, args.force, command,
-                     lambda: part_table1({a: loaded[a][0] for a in ARCHS}, x, y)):
+                     lambda: part_table1({a: loaded[a][0] for a in ds.archs}, x, y, ds=ds)):
             path.write_text(json.dumps(store, indent=1) + "\n")
 
 
@@ -395,25 +384,32 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m benchmarks.brelu_gda", description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(ENTRIES), help=f"comma-separated (default: all: {', '.join(ENTRIES)})")
-    ap.add_argument("--weights-dir", default="runs/mnist16", help="folder of the trained artifacts (default runs/mnist16)")
+    ap.add_argument("--dataset", choices=tuple(DATASETS), default="mnist",
+                    help="mnist (Figures 3-4, Tables 1-4) or cifar10 (Figure 5, Table 5); default mnist")
+    ap.add_argument("--models", default=None, help="comma-separated (default: all of the data set's: "
+                    + "; ".join(f"{d.name}: {', '.join(d.entries)}" for d in DATASETS.values()) + ")")
+    ap.add_argument("--weights-dir", default=None, help="folder of the trained artifacts (default: "
+                    + ", ".join(f"{d.weights_dir} for {d.name}" for d in DATASETS.values()) + ")")
     ap.add_argument("--count", type=int, default=1000, help="test images (default 1000)")
     ap.add_argument("--honest-count", type=int, default=500, help="test images of the honest columns (default 500)")
     ap.add_argument("--slow-count", type=int, default=500, help="test images of black-box JSMA and C&W (default 500)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--out", default=str(OUT), help="the MNIST results' folder (CIFAR-10's: its cifar10/ subfolder); "
+                    "the page is <out>.md")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--force", action="store_true", help="recompute parts that have results")
     ap.add_argument("--no-cache", action="store_true", help="craft the slow black-box images again")
-    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the page and figures (both data sets) only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in args.models if m not in ENTRIES]
+    ds = DATASETS[args.dataset]
+    args.weights_dir = args.weights_dir or ds.weights_dir
+    args.models = [m for m in (args.models or ",".join(ds.entries)).split(",") if m]
+    unknown = [m for m in args.models if m not in ds.entries]
     if unknown:
-        print(f"error: unknown model(s) {unknown}; known: {', '.join(ENTRIES)}", file=sys.stderr)
+        print(f"error: unknown {ds.name} model(s) {unknown}; known: {', '.join(ds.entries)}", file=sys.stderr)
         return 2
     command = "python -m benchmarks.brelu_gda " + " ".join(argv)
     if not args.report_only:
