@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.artifacts and not args.report_only:
         ap.error("name at least one artifact, or --report-only")
-    OUT.mkdir(parents=True, exist_ok=True)
     for name in [] if args.report_only else args.artifacts:
         try:
             res = reproduce(name, Path(args.work))
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
         print(f"{name}: " + ", ".join(f"{k} {f['shipped']:.2f} -> {f['again']:.2f}" for k, f in res["figures"].items()))
-    PAGE.write_text(build_page([json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]))
+    PAGE.write_text(build_page([json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))] if OUT.is_dir() else []))
     print(f"wrote {PAGE}")
     return 0
 
