@@ -105,6 +105,10 @@ def reproduce(name: str, work: Path) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"{name}: the re-training failed (exit {done.returncode}); see {work / (name + '.nohup')}")
     again = json.loads((work / f"{name}.json").read_text())
+    threads = _flag(cmd, "--threads")
+    if threads is not None:         # the machine line names the re-training's thread count, not this process's
+        import torch
+        torch.set_num_threads(int(threads))
     return {"name": name, "command": shlex.join(["python", *cmd[1:]]), "shipped_sha256": shipped["sha256"],
             "again_sha256": again["sha256"], "wall_s": round(time.perf_counter() - t), "machine": machine(),
             "date": dt.date.today().isoformat(), **compare(shipped, again)}

@@ -166,8 +166,8 @@ READING_PAIRS = (
 )
 
 
-def _leaderboard_results() -> dict[str, dict[str, Any] | None]:
-    """Row id -> the leaderboard's results of that row (None while pending), in the spec's order."""
+def _leaderboard_results() -> dict[str, dict[str, Any]]:
+    """Row id -> ``{"row": the spec's row, "res": its results (None while pending)}``, in the spec's order."""
     from .leaderboard import load_leaderboard, row_results
 
     settings, rows = load_leaderboard(HERE / "leaderboard.toml")
@@ -180,7 +180,7 @@ def _pct_ci(w: dict[str, Any]) -> str:
     return f"{100 * w['accuracy']:.1f} [{100 * w['ci_low']:.1f}, {100 * w['ci_high']:.1f}]"
 
 
-def _leaderboard_lines(board: dict[str, dict[str, Any] | None]) -> list[str]:
+def _leaderboard_lines(board: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| row | clean % | transfer L∞ % | worst L∞ 8/255 % [95 %] | worst L2 0.5 % [95 %] | flags |",
              "|---|---|---|---|---|---|"]
     for entry in board.values():
