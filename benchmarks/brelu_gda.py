@@ -336,7 +336,8 @@ def evaluate(args: argparse.Namespace, command: str) -> None:
         cfg = model.classifier.pretrained_cfg if entry.bits else model.pretrained_cfg
         store.update({"id": i, "artifact": entry.artifact, "bits": entry.bits, "sha256": sha,
                       "recipe": cfg.raw.get("recipe"), "arch": cfg.arch,
-                      "artifact_test_clean": cfg.raw.get("test", {}).get("clean")})
+                      "artifact_test_clean": cfg.raw.get("test", {}).get("clean"),
+                      "training": {k: cfg.raw.get("training", {}).get(k) for k in ("epochs", "lr")}})
         stamp = {"sha256": sha, "count": len(x)}
 
         def run(part: str, compute: Callable[[], Any], **extra: Any) -> None:

@@ -94,17 +94,21 @@ def _images(results: dict[str, Any], ds: DatasetSettings) -> str:
 
 
 def _models(results: dict[str, Any], ds: DatasetSettings, heading: str) -> list[str]:
-    lines = [heading, "", "| id | artifact | recipe | activation | clean % (its own 2,000-image test) | sha256 |",
-             "|---|---|---|---|---:|---|"]
+    lines = [heading, "", "| id | artifact | recipe | activation | epochs (peak lr) | clean % (its own 2,000-image "
+             "test) | sha256 |", "|---|---|---|---|---:|---:|---|"]
     for i, e in ds.entries.items():
         r = results.get(i)
         if r is None:
-            lines.append(f"| {i} | {e.artifact} | {_pending(i, ds)} | | | |")
+            lines.append(f"| {i} | {e.artifact} | {_pending(i, ds)} | | | | |")
             continue
         sq = f" + {r['bits']}-bit squeezing" if r.get("bits") else ""
-        recipe = (r.get("recipe") or {}).get("name", "?")
-        lines.append(f"| {i} | {r['artifact']}{sq} | {recipe} | {r.get('arch', {}).get('activation', '?')} | "
-                     f"{_f(r.get('artifact_test_clean'))} | {r['sha256'][:12]} |")
+        recipe = r.get("recipe") or {}
+        copies = f", {recipe['copies']} noisy copies" if "copies" in recipe else ""
+        train = r.get("training") or {}         # absent from results stored before it was recorded
+        epochs = f"{train['epochs']} ({train['lr']:g})" if train.get("epochs") else "–"
+        lines.append(f"| {i} | {r['artifact']}{sq} | {recipe.get('name', '?')}{copies} | "
+                     f"{r.get('arch', {}).get('activation', '?')} | {epochs} | {_f(r.get('artifact_test_clean'))} | "
+                     f"{r['sha256'][:12]} |")
     return lines + [""]
 
 
@@ -325,9 +329,9 @@ def _cifar(results: dict[str, Any]) -> list[str]:
     ds = CIFAR10
     eps_t = ds.table_eps
     lines = ["## CIFAR-10: Figure 5, Table 5 and the honest columns", "",
-             f"Ours from the models of `{ds.script}` (its header gives the budget: 15 epochs for the plain recipes; "
-             "GDA (σ 0.05) over 2 noisy copies per image instead of ten, FGSM adversarial training (ε 0.05) and VAT: 10 "
-             "epochs each), results in `brelu_gda/cifar10/`. Tables 1-3 are MNIST-only in the paper.", "",
+             f"Ours from the models of `{ds.script}` (its header gives the budget cuts: the paper states no epoch "
+             "count; GDA (σ 0.05) over 2 noisy copies per image instead of ten; each model's epochs in the table "
+             "below), results in `brelu_gda/cifar10/`. Tables 1-3 are MNIST-only in the paper.", "",
              _images(results, ds),
              "- Models: the paper's CNN (`purify.models.paper_nets`, 3 × 32 × 32 inputs) with each defense, and its "
              "ResNet + ReLU, the black-box source; feature squeezing = the ReLU CNN behind "
@@ -376,71 +380,11 @@ def build_page(results: dict[str, Any], command: str, cifar: dict[str, Any] | No
     return "\n".join(lines)
 
 
-def _plot_curves(ax: Any, results: dict[str, Any], ids: dict[str, str], kind: str, part: str,
-                 anchors: dict[str, float], anchor_eps: float | None, title: str, grid: tuple[float, ...]) -> None:
-    plotted = False
-    for k, (i, label) in enumerate(ids.items()):
-        p, wb = _part(results, i, part), _part(results, i, "whitebox")
-        color = f"C{k}"
-        if i in anchors and anchor_eps is not None:
-            ax.plot([anchor_eps], [anchors[i]], "x", ms=8, color=color)
-        if p is None or wb is None:
-            continue
-        plotted = True
-        ax.plot([0.0, *grid], [wb["clean"], *(p[kind][f"{e:g}"] for e in grid)], "o-", ms=3, color=color, label=label)
-    if not plotted:                 # only the paper's points: show the whole grid's range all the same
-        ax.set_xlim(0.0, grid[-1])
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("ε")
-    ax.set_ylabel("accuracy %")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-
-
-def _plot_defenses(plt: Any, results: dict[str, Any], ds: DatasetSettings, path: Path) -> None:
-    """The defenses' figure of ``ds`` (2 x 2 panels); × = the paper's black-box table values."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
-    for ax, (kind, part, title) in zip(axes.flat, CURVES):
-        _plot_curves(ax, results, ds.defenses, kind, part, *_anchors(ds, kind, part),
-                     title.replace("crafted on", "from"), ds.eps_grid)
-    if axes.flat[0].get_legend_handles_labels()[0]:
-        axes.flat[0].legend(fontsize=8)
-    else:                           # nothing trained yet: name the colours of the paper's points
-        from matplotlib.lines import Line2D
-        axes.flat[0].legend([Line2D([], [], color=f"C{k}", marker="x", ls="") for k in range(len(ds.defenses))],
-                            [f"{label} (pending)" for label in ds.defenses.values()], fontsize=8)
-    fig.suptitle(f"Figure {ds.figure}: defenses on {ds.label} (× the paper's Table {ds.table.removeprefix('table')})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_figures(results: dict[str, Any], folder: Path, cifar: dict[str, Any] | None = None) -> list[Path]:
-    """``figure3.png`` (the MNIST architectures), ``figure4.png`` and ``figure5.png`` (the defenses on MNIST and
-    CIFAR-10, 2 x 2 panels each); × = the paper's table values."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    _plot_curves(ax, results, ARCHS, "fgsm", "whitebox", {a: PAPER_TABLE1[a][k] for k, a in enumerate(ARCHS)}, 0.1,
-                 "Figure 3: white-box FGSM, MNIST (× paper, Table 1)", MNIST.eps_grid)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "figure3.png", dpi=110)
-    plt.close(fig)
-    paths = [folder / "figure3.png"]
-    for ds, res in ((MNIST, results), (CIFAR10, cifar or {})):
-        paths.append(folder / f"figure{ds.figure}.png")
-        _plot_defenses(plt, res, ds, paths[-1])
-    return paths
-
-
 def write_page(out: Path, command: str) -> Path:
     """Write ``<out>.md`` (``benchmarks/results/brelu_gda.md`` for the default ``out``) and the figures in ``out``,
     from the MNIST JSONs in ``out`` and the CIFAR-10 ones in its subfolder."""
+    from .brelu_gda_figures import plot_figures     # here: the figures module reads this one's tables
+
     results = load_results(out) if out.is_dir() else {}
     folder = CIFAR10.results_dir(out)
     cifar = load_results(folder) if folder.is_dir() else {}

@@ -42,7 +42,7 @@ from torch import Tensor
 from purify._download import sha256_file
 from purify.errors import ChecksumError, DataNotFoundError, DTypeError, PurifyError
 
-__all__ = ["ArtifactError", "SHIPPED_DIR", "LEGACY_FORMATS", "artifact_format", "artifact_paths",
+__all__ = ["ArtifactError", "SHIPPED_DIR", "LEGACY_FORMATS", "artifact_format", "artifact_paths", "artifact_log_path",
            "resolve_artifact", "read_config", "load_artifact", "save_artifact", "list_artifacts"]
 
 #: Folder of the shipped artifacts (``purify/weights``).
@@ -69,6 +69,17 @@ def artifact_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def artifact_log_path(path: str | os.PathLike) -> Path:
+    """``<stem>.log``, the training log beside :func:`artifact_paths`' files (a dot in the name is kept).
+
+    Example:
+        >>> artifact_log_path("runs/cnn_lr0.05").name
+        'cnn_lr0.05.log'
+    """
+    st_path, _ = artifact_paths(path)
+    return st_path.with_name(st_path.name[: -len(".safetensors")] + ".log")
 
 
 def artifact_format(cfg: Mapping[str, Any]) -> str | None:

@@ -4,6 +4,9 @@
 # Fine-tunes as on MNIST (runs/issue17_mnist.sh): batch 100, base lr 5e-4, cosine, --keep last; the paper runs 50
 # epochs on CIFAR-10. Budget cut: 5 epochs, and Deep Defense / Adv. Train I on a fixed 10,000-image subset
 # (--train-count 10000): a Deep Defense step costs ~75x a plain one on 1 CPU thread. NIN's c = 70 does not apply.
+# The reference: 30 epochs of one cycle peaking at lr 0.05 (the ConvNet has no batch normalization; the trainer's
+# CIFAR-10 default of 0.2 is for BN ResNets and diverges on the BReLU paper's BN-less CNN, runs/issue16_cifar.sh).
+# It can run beside runs/issue16_cifar.sh (each on its own core).
 set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -18,7 +21,7 @@ run() {
     > $OUT/$name.nohup 2>&1 || echo "$name: FAILED (see $OUT/$name.nohup)"
 }
 model=convnet_cifar10
-run $model --model $model --recipe standard --epochs 30
+run $model --model $model --recipe standard --epochs 30 --lr 0.05
 [ -f $OUT/$model.json ] || { echo "$model: no reference, its fine-tunes skipped"; exit 1; }
 ref="--model $model --init-from $OUT/$model $tune"
 run ${model}_dd $ref --recipe deep_defense --dd-lambda 15 --dd-c 25 --dd-d 5 --train-count 10000

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from purify._artifacts import (SHIPPED_DIR, ArtifactError, artifact_format, artifact_paths, list_artifacts,
-                               load_artifact, read_config, resolve_artifact, save_artifact)
+from purify._artifacts import (SHIPPED_DIR, ArtifactError, artifact_format, artifact_log_path, artifact_paths,
+                               list_artifacts, load_artifact, read_config, resolve_artifact, save_artifact)
 from purify._download import sha256_file
 from purify.errors import ChecksumError, DataNotFoundError, DTypeError
 
@@ -51,6 +51,9 @@ def test_dotted_names_keep_their_stem(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.v2.json", "gen.v2.safetensors"]
     assert [p.name for p in artifact_paths(tmp_path / "gen.v2.json")] == ["gen.v2.safetensors", "gen.v2.json"]
     assert load_artifact(tmp_path / "gen.v2", expected_format="demo")[1]["weights_file"] == "gen.v2.safetensors"
+    # the trainers' log sits beside them under the same stem (Path.with_suffix would give gen.log)
+    log_path = tmp_path / "gen.v2.log"
+    assert artifact_log_path(tmp_path / "gen.v2") == artifact_log_path(tmp_path / "gen.v2.json") == log_path
 
 
 def test_exception_save_without_format(tmp_path):

@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from purify._artifacts import artifact_paths, save_artifact
+from purify._artifacts import artifact_log_path, artifact_paths, save_artifact
 from purify._download import cache_root
 from purify.data import VAL_SIZE, load_dataset
 from purify.models.lenet import MNIST_MEAN, MNIST_STD
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     # "purify.training": this module's records and the trainer's (purify.training.trainer) go to the log
-    with training_log(logging.getLogger("purify.training"), out.with_suffix(".log"), append=args.resume):
+    with training_log(logging.getLogger("purify.training"), artifact_log_path(out), append=args.resume):
         return _run(args, argv, out)
 
 

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from purify._artifacts import artifact_log_path
 from purify._checks import check_choice
 from purify._download import cache_root
 from purify.attacks import fgsm, pgd
@@ -417,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with training_log(log, out.with_suffix(".log"), append=args.resume):
+    with training_log(log, artifact_log_path(out), append=args.resume):
         return _run(args, argv, out)
 
 

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from purify._artifacts import artifact_log_path
 from purify._download import cache_root
 from purify._checks import check_choice, check_int
 from purify.errors import RangeError
@@ -327,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with training_log(log, out.with_suffix(".log")):
+    with training_log(log, artifact_log_path(out)):
         return _run(args, argv, out)
 
 
