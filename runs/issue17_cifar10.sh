@@ -6,7 +6,8 @@
 # (--train-count 10000): a Deep Defense step costs ~75x a plain one on 1 CPU thread. NIN's c = 70 does not apply.
 # The reference: 30 epochs of one cycle peaking at lr 0.05 (the ConvNet has no batch normalization; the trainer's
 # CIFAR-10 default of 0.2 is for BN ResNets and diverges on the BReLU paper's BN-less CNN, runs/issue16_cifar.sh).
-# It can run beside runs/issue16_cifar.sh (each on its own core).
+# Two copies may run at once (one per free core) and share the fine-tunes, as runs/issue16_cifar.sh's copies do;
+# the fine-tunes wait for the reference (a copy that finds it training elsewhere stops).
 set -u
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -14,15 +15,21 @@ OUT=runs/dd17
 mkdir -p $OUT
 common="--data-dir ../shared/data --dataset cifar10 --threads 1 --no-progress --test-count 2000"
 tune="--epochs 5 --batch-size 100 --lr 5e-4 --schedule cosine --keep last"
-run() {
+run() {  # name, then the model / recipe flags; a model another copy of this script is training is skipped
   name=$1; shift
   [ -f $OUT/$name.json ] && { echo "$name: done"; return; }
-  $PY -m purify.training.adversarial $common --out $OUT/$name --checkpoint $OUT/$name.pt "$@" --resume \
-    > $OUT/$name.nohup 2>&1 || echo "$name: FAILED (see $OUT/$name.nohup)"
+  flock -n -E 200 $OUT/$name.lock \
+    $PY -m purify.training.adversarial $common --out $OUT/$name --checkpoint $OUT/$name.pt "$@" --resume \
+    >> $OUT/$name.nohup 2>&1    # append: a copy that finds the lock must not truncate the running one's console log
+  case $? in
+    0) echo "$(date +%T) $name: trained" ;;
+    200) echo "$name: training in another copy of this script, skipped" ;;
+    *) echo "$name: FAILED (see $OUT/$name.nohup)" ;;
+  esac
 }
 model=convnet_cifar10
 run $model --model $model --recipe standard --epochs 30 --lr 0.05
-[ -f $OUT/$model.json ] || { echo "$model: no reference, its fine-tunes skipped"; exit 1; }
+[ -f $OUT/$model.json ] || { echo "$model: no reference (yet), its fine-tunes skipped"; exit 1; }
 ref="--model $model --init-from $OUT/$model $tune"
 run ${model}_dd $ref --recipe deep_defense --dd-lambda 15 --dd-c 25 --dd-d 5 --train-count 10000
 run ${model}_parseval $ref --recipe parseval --parseval-beta 3e-4 --parseval-fraction 0.3

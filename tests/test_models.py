@@ -40,7 +40,8 @@ def _checkpoint(data_dir, name):
 
 
 def test_list_models():
-    assert list_models() == ["cnn_mnist_gda", "cnn_mnist_gda_brelu", "lenet5_mnist", "lenet5_mnist_at",
+    assert list_models() == ["cnn_cifar10_gda", "cnn_cifar10_gda_brelu", "cnn_mnist_gda", "cnn_mnist_gda_brelu",
+                             "convnet_cifar10_dd", "lenet5_mnist", "lenet5_mnist_at",
                              "lenet5_mnist_fgsm_rs", "lenet_mnist_dd", "mlp_mnist_dd", "resnet20", "resnet20_cifar10_at",
                              "resnet56", "resnet56_tvm_aug", "resnet56_tvm_data", "resnet56_wnll_e2e",
                              "resnet56_wnll_e2e_tvm_aug", "resnet56_wnll_e2e_tvm_data", "small_cnn_cifar10"]

@@ -235,7 +235,8 @@ def test_lenet5_shapes_and_parameters():
         assert model(x).shape == (b, 10) and model.features(x).shape == (b, 84)
 
 
-@pytest.mark.parametrize("name", ["cnn_mnist_gda", "cnn_mnist_gda_brelu", "lenet5_mnist", "lenet5_mnist_at",
+@pytest.mark.parametrize("name", ["cnn_cifar10_gda", "cnn_cifar10_gda_brelu", "cnn_mnist_gda", "cnn_mnist_gda_brelu",
+                                  "convnet_cifar10_dd", "lenet5_mnist", "lenet5_mnist_at",
                                   "lenet5_mnist_fgsm_rs", "lenet_mnist_dd", "mlp_mnist_dd", "resnet20_cifar10_at",
                                   "resnet56_tvm_aug", "resnet56_tvm_data", "resnet56_wnll_e2e",
                                   "resnet56_wnll_e2e_tvm_aug", "resnet56_wnll_e2e_tvm_data"])

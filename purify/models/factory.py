@@ -102,11 +102,12 @@ _PACKAGED = ("small_cnn_cifar10",)
 # paper's alternating linear / WNLL recipe (its head: WNLLHead.load("resnet56_wnll_e2e_head")), and on
 # each batch and its TVM-purified copy (the paper's "original + TVM data") or on TVM-purified images only
 # ("TVM data"), and end to end with WNLL on those two data regimes (heads: "<name>_head"). The BReLU/GDA
-# paper's MNIST CNN trained with Gaussian data augmentation (ReLU and bounded ReLU); the Deep Defense
-# paper's MNIST MLP and LeNet fine-tuned with its DeepFool-norm regularizer.
-_TRAINED = ("cnn_mnist_gda", "cnn_mnist_gda_brelu", "lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs",
-            "lenet_mnist_dd", "mlp_mnist_dd", "resnet20_cifar10_at", "resnet56_tvm_aug", "resnet56_tvm_data",
-            "resnet56_wnll_e2e", "resnet56_wnll_e2e_tvm_aug", "resnet56_wnll_e2e_tvm_data")
+# paper's MNIST and CIFAR-10 CNNs trained with Gaussian data augmentation (ReLU and bounded ReLU); the Deep
+# Defense paper's MNIST MLP and LeNet and its CIFAR-10 ConvNet fine-tuned with its DeepFool-norm regularizer.
+_TRAINED = ("cnn_cifar10_gda", "cnn_cifar10_gda_brelu", "cnn_mnist_gda", "cnn_mnist_gda_brelu", "convnet_cifar10_dd",
+            "lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs", "lenet_mnist_dd", "mlp_mnist_dd",
+            "resnet20_cifar10_at", "resnet56_tvm_aug", "resnet56_tvm_data", "resnet56_wnll_e2e",
+            "resnet56_wnll_e2e_tvm_aug", "resnet56_wnll_e2e_tvm_data")
 
 
 @dataclass(frozen=True)
@@ -212,10 +213,10 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['cnn_mnist_gda', 'cnn_mnist_gda_brelu', 'lenet5_mnist', 'lenet5_mnist_at', 'lenet5_mnist_fgsm_rs',
-         'lenet_mnist_dd', 'mlp_mnist_dd', 'resnet20', 'resnet20_cifar10_at', 'resnet56', 'resnet56_tvm_aug',
-         'resnet56_tvm_data', 'resnet56_wnll_e2e', 'resnet56_wnll_e2e_tvm_aug', 'resnet56_wnll_e2e_tvm_data',
-         'small_cnn_cifar10']
+        ['cnn_cifar10_gda', 'cnn_cifar10_gda_brelu', 'cnn_mnist_gda', 'cnn_mnist_gda_brelu', 'convnet_cifar10_dd',
+         'lenet5_mnist', 'lenet5_mnist_at', 'lenet5_mnist_fgsm_rs', 'lenet_mnist_dd', 'mlp_mnist_dd', 'resnet20',
+         'resnet20_cifar10_at', 'resnet56', 'resnet56_tvm_aug', 'resnet56_tvm_data', 'resnet56_wnll_e2e',
+         'resnet56_wnll_e2e_tvm_aug', 'resnet56_wnll_e2e_tvm_data', 'small_cnn_cifar10']
     """
     return sorted((*_REGISTRY, *_PACKAGED, *_TRAINED, *_USER))
 
