@@ -146,9 +146,13 @@ def _reading(results: dict[str, dict[str, Any]]) -> list[str]:
         robust = results.get(ROBUST_REFS[dataset][0])
         versus = (f"; the adversarially trained `{ROBUST_REFS[dataset][0]}` keeps "
                   f"{robust['honest']['worst']['accuracy']:.1f} %" if robust else "")
+        # ℓ₂ / ρ₂ ≈ the images' typical ‖x‖₂: the paper's shows what its inputs were scaled to
+        norm_paper = PAPER[(net, "")]["t2"][0] / PAPER[(net, "")]["rho2"]
+        norm_ours = ref["deepfool"]["l2"] / ref["deepfool"]["rho2"]
         out.append(f"- {label}: Deep Defense multiplies its reference's ρ₂ by {ours:.2f} (paper {paper:.2f}), clean "
                    f"{ref['clean']:.2f} → {dd['clean']:.2f} % (paper {PAPER[(net, '')]['acc']:.2f} → "
                    f"{PAPER[(net, '_dd')]['acc']:.2f}); under the worst case at L∞ {HONEST_EPS[dataset]:.3g} it keeps "
                    f"{dd['honest']['worst']['accuracy']:.1f} % (reference {ref['honest']['worst']['accuracy']:.1f} %)"
-                   f"{versus}.")
+                   f"{versus}. ρ₂ compares with the paper's as a ratio only: its ℓ₂ / ρ₂ puts its images at "
+                   f"‖x‖₂ ≈ {norm_paper:.1f}, ours (pixels in [0, 1]) at ≈ {norm_ours:.1f}.")
     return out
