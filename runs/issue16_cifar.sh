@@ -18,18 +18,7 @@ PY=.venv/bin/python
 OUT=runs/cifar16
 mkdir -p $OUT
 common="--data-dir ../shared/data --dataset cifar10 --threads 1 --no-progress --test-count 2000 --lr 0.05"
-run() {  # name, then the model / recipe flags
-  name=$1; shift
-  [ -f $OUT/$name.json ] && { echo "$name: done"; return; }
-  flock -n -E 200 $OUT/$name.lock \
-    $PY -m purify.training.adversarial $common --out $OUT/$name --checkpoint $OUT/$name.pt "$@" --resume \
-    >> $OUT/$name.nohup 2>&1    # append: a copy that finds the lock must not truncate the running one's console log
-  case $? in
-    0) echo "$(date +%T) $name: trained" ;;
-    200) echo "$name: training in another copy of this script, skipped" ;;
-    *) echo "$name: FAILED (see $OUT/$name.nohup)" ;;
-  esac
-}
+. runs/_train_queue.sh
 run cnn_cifar10 --model cnn_cifar10 --recipe standard --epochs 20
 run cnn_cifar10_gda_brelu --model cnn_cifar10 --activation brelu --recipe gda --gda-copies 2 --epochs 15
 run cnn_cifar10_gda --model cnn_cifar10 --recipe gda --gda-copies 2 --epochs 15

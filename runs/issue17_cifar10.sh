@@ -15,18 +15,7 @@ OUT=runs/dd17
 mkdir -p $OUT
 common="--data-dir ../shared/data --dataset cifar10 --threads 1 --no-progress --test-count 2000"
 tune="--epochs 5 --batch-size 100 --lr 5e-4 --schedule cosine --keep last"
-run() {  # name, then the model / recipe flags; a model another copy of this script is training is skipped
-  name=$1; shift
-  [ -f $OUT/$name.json ] && { echo "$name: done"; return; }
-  flock -n -E 200 $OUT/$name.lock \
-    $PY -m purify.training.adversarial $common --out $OUT/$name --checkpoint $OUT/$name.pt "$@" --resume \
-    >> $OUT/$name.nohup 2>&1    # append: a copy that finds the lock must not truncate the running one's console log
-  case $? in
-    0) echo "$(date +%T) $name: trained" ;;
-    200) echo "$name: training in another copy of this script, skipped" ;;
-    *) echo "$name: FAILED (see $OUT/$name.nohup)" ;;
-  esac
-}
+. runs/_train_queue.sh
 model=convnet_cifar10
 run $model --model $model --recipe standard --epochs 30 --lr 0.05
 [ -f $OUT/$model.json ] || { echo "$model: no reference (yet), its fine-tunes skipped"; exit 1; }
