@@ -19,11 +19,11 @@ SHIPPED = {
                          "resnet56_wnll_e2e_tvm_data_head", "resnet56_wnll_plain"],
     "purify.small_cnn": ["small_cnn_cifar10"],
     "purify.template_set": [],
-    "purify.trained_classifier": ["cnn_cifar10_gda_brelu", "cnn_mnist_gda", "cnn_mnist_gda_brelu",
-                                   "convnet_cifar10_dd", "lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs",
-                                   "lenet_mnist_dd", "mlp_mnist_dd", "resnet20_cifar10_at", "resnet56_tvm_aug",
-                                   "resnet56_tvm_data", "resnet56_wnll_e2e", "resnet56_wnll_e2e_tvm_aug",
-                                   "resnet56_wnll_e2e_tvm_data"],
+    "purify.trained_classifier": ["cnn_cifar10_gda", "cnn_cifar10_gda_brelu", "cnn_mnist_gda", "cnn_mnist_gda_brelu",
+                                  "convnet_cifar10_dd", "lenet5_mnist", "lenet5_mnist_at", "lenet5_mnist_fgsm_rs",
+                                  "lenet_mnist_dd", "mlp_mnist_dd", "resnet20_cifar10_at", "resnet56_tvm_aug",
+                                  "resnet56_tvm_data", "resnet56_wnll_e2e", "resnet56_wnll_e2e_tvm_aug",
+                                  "resnet56_wnll_e2e_tvm_data"],
 }
 
 
