@@ -27,6 +27,10 @@ Gradients, and what an attacker gets:
   ``bpda(BitDepthReduce(bits=1), backward=lambda v: bit_depth_surrogate(v, bits=1))``; its gradient
   lives near the rounding boundaries, where a pixel can actually change level, and vanishes on
   pixels that no small step moves across one (the identity sends the attack there in vain).
+  ``ste_temperature > 0`` makes that the stage's own straight-through gradient (the forward stays
+  the exact rounding), so a pipeline or a harness row asks for it by a parameter: the harness's
+  ``full`` threat model, which turns ``ste`` on, then differentiates the smooth staircase while
+  ``bpda`` keeps the identity.
 * A median selects one of its inputs, so :func:`median_smooth` is piecewise linear and autograd
   gives its exact gradient almost everywhere (each output pixel's gradient goes to the input
   pixel it selected; on ties between different pixels, to one of them, a valid subgradient), as
@@ -81,6 +85,21 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+class _SmoothStraightThrough(torch.autograd.Function):
+    """``y`` forward (the exact rounding), ``grad · slope`` backward: ``slope`` is the derivative of
+    :func:`bit_depth_surrogate` at ``x``, computed with the forward (tensors only, as above)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, slope: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(slope)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None
+
+
 class _RoundingHasNoGradient(_StraightThrough):
     """``y`` forward; backward refuses to run (bit-depth rounding with ``ste=False``)."""
 
@@ -103,7 +122,17 @@ def _check_bits(fn: str, bits: object) -> int:
     return bits
 
 
-def bit_depth_reduce(x: Tensor, /, *, bits: int = 5, ste: bool = False) -> Tensor:
+def _check_temperature(fn: str, temperature: object, *, name: str, zero: bool) -> float:
+    ok = not isinstance(temperature, bool) and isinstance(temperature, (int, float)) and (
+        temperature >= 0 if zero else temperature > 0)
+    if not ok or temperature != temperature or temperature == float("inf"):
+        need = ">= 0 (0: the identity)" if zero else "> 0"
+        raise RangeError(f"{fn}: expected {name} {need}, a finite number in quantization steps (e.g. 0.1), "
+                         f"got {temperature!r}")
+    return float(temperature)
+
+
+def bit_depth_reduce(x: Tensor, /, *, bits: int = 5, ste: bool = False, ste_temperature: float = 0.0) -> Tensor:
     """Bit-depth reduction: ``round(x · (2^bits − 1)) / (2^bits − 1)``, ``2^bits`` levels per channel.
 
     ``torch.round`` rounds half to even; a [0, 1] input stays in [0, 1] (0 and 1 are levels).
@@ -112,12 +141,17 @@ def bit_depth_reduce(x: Tensor, /, *, bits: int = 5, ste: bool = False) -> Tenso
 
     Gradients: with ``ste=False`` the output of an input that requires grad carries a graph, but
     calling backward raises :class:`NonDifferentiableError`; with ``ste=True`` the gradient is the
-    identity (straight-through).
+    identity (straight-through), or with ``ste_temperature > 0`` the gradient of
+    :func:`bit_depth_surrogate` at that temperature (the smooth staircase; the value is still the
+    exact rounding).
 
     Args:
         x: image batch with values in [0, 1].
         bits: bits per channel, 1 ≤ bits ≤ 24 (8 keeps a uint8 image as it is).
         ste: straight-through gradient for the rounding.
+        ste_temperature: the straight-through gradient's shape when ``ste`` is on: 0 the identity,
+            > 0 the smooth staircase's, in quantization steps (0.1 is the surrogate's default). It
+            never changes the output.
 
     Shape:
         x: (B, C, H, W), floating, values in [0, 1]; output: same shape, dtype and device.
@@ -129,13 +163,18 @@ def bit_depth_reduce(x: Tensor, /, *, bits: int = 5, ste: bool = False) -> Tenso
         >>> y = bit_depth_reduce(torch.tensor([0.1, 0.2, 0.6, 0.8]).view(1, 1, 1, 4), bits=2)  # levels k/3
         >>> (y * 3).flatten().tolist()
         [0.0, 1.0, 2.0, 2.0]
+        >>> x = torch.tensor([0.1, 0.45]).view(1, 1, 1, 2).requires_grad_()
+        >>> g = torch.autograd.grad(bit_depth_reduce(x, bits=1, ste=True, ste_temperature=0.1).sum(), x)[0]
+        >>> bool(g[..., 1] > 10 * g[..., 0])     # the smooth staircase's gradient: steep near the boundary
+        True
     """
     fn = "bit_depth_reduce"
     x = check_image_batch(fn, x)
-    return _bit_depth_core(x, bits=_check_bits(fn, bits), ste=_check_ste(fn, ste))
+    return _bit_depth_core(x, bits=_check_bits(fn, bits), ste=_check_ste(fn, ste),
+                           ste_temperature=_check_temperature(fn, ste_temperature, name="ste_temperature", zero=True))
 
 
-def _bit_depth_core(x: Tensor, *, bits: int, ste: bool) -> Tensor:
+def _bit_depth_core(x: Tensor, *, bits: int, ste: bool, ste_temperature: float = 0.0) -> Tensor:
     """:func:`bit_depth_reduce` without its checks: for callers that checked once (pipelines, attack loops)."""
     work = x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)
     levels = float(2 ** bits - 1)
@@ -143,7 +182,24 @@ def _bit_depth_core(x: Tensor, *, bits: int, ste: bool) -> Tensor:
     out = (torch.round(work.detach() * levels) / levels).to(x.dtype)
     if not x.requires_grad:
         return out
+    if ste and ste_temperature > 0:
+        return _SmoothStraightThrough.apply(x, out, _surrogate_slope(work.detach(), levels, ste_temperature).to(x.dtype))
     return (_StraightThrough if ste else _RoundingHasNoGradient).apply(x, out)
+
+
+def _surrogate_core(work: Tensor, levels: float, temperature: float) -> Tensor:
+    """The smooth staircase of :func:`bit_depth_surrogate` (no checks; ``work`` in a compute dtype)."""
+    z = work * levels
+    base = torch.floor(z.detach())
+    return (base + torch.sigmoid((z - base - 0.5) / temperature)) / levels
+
+
+def _surrogate_slope(work: Tensor, levels: float, temperature: float) -> Tensor:
+    """d :func:`_surrogate_core` / dx, elementwise: ``σ(u)(1 − σ(u)) / temperature`` with
+    ``u = (frac(x · levels) − 1/2) / temperature`` (the chain rule's ``levels`` cancels the division)."""
+    z = work * levels
+    s = torch.sigmoid((z - torch.floor(z) - 0.5) / temperature)
+    return s * (1 - s) / temperature
 
 
 def _bit_depth_margin(x: Tensor, *, bits: int) -> Tensor:
@@ -187,13 +243,9 @@ def bit_depth_surrogate(x: Tensor, /, *, bits: int = 5, temperature: float = 0.1
     fn = "bit_depth_surrogate"
     x = check_image_batch(fn, x)
     levels = float(2 ** _check_bits(fn, bits) - 1)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise RangeError(f"{fn}: expected temperature > 0 (in quantization steps, e.g. 0.1), got {temperature!r}")
+    temperature = _check_temperature(fn, temperature, name="temperature", zero=False)
     work = x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)
-    z = work * levels
-    base = torch.floor(z.detach())
-    out = (base + torch.sigmoid((z - base - 0.5) / float(temperature))) / levels
-    return out.to(x.dtype)
+    return _surrogate_core(work, levels, temperature).to(x.dtype)
 
 
 class BitDepthReduce(nn.Module):
@@ -208,18 +260,19 @@ class BitDepthReduce(nn.Module):
         True
     """
 
-    def __init__(self, *, bits: int = 5, ste: bool = False) -> None:
+    def __init__(self, *, bits: int = 5, ste: bool = False, ste_temperature: float = 0.0) -> None:
         super().__init__()
         self.bits = bits
         self.ste = ste
+        self.ste_temperature = ste_temperature
 
     def forward(self, x: Tensor) -> Tensor:
-        return bit_depth_reduce(x, bits=self.bits, ste=self.ste)
+        return bit_depth_reduce(x, bits=self.bits, ste=self.ste, ste_temperature=self.ste_temperature)
 
     def run(self, x: Tensor, *, generator: torch.Generator | None = None, **overrides: object) -> Tensor:
         """The unchecked rounding; nothing varies per sample and ``generator`` is unused (deterministic)."""
         _no_overrides("BitDepthReduce", overrides)
-        return _bit_depth_core(x, bits=self.bits, ste=self.ste)
+        return _bit_depth_core(x, bits=self.bits, ste=self.ste, ste_temperature=self.ste_temperature)
 
     def rounding_margin(self, x: Tensor, **overrides: object) -> Tensor:
         """Per image, the smallest distance of a pixel of ``x`` to a rounding boundary, on the [0, 1]
@@ -228,7 +281,7 @@ class BitDepthReduce(nn.Module):
         return _bit_depth_margin(x, bits=self.bits)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, ste={self.ste}"
+        return f"bits={self.bits}, ste={self.ste}, ste_temperature={self.ste_temperature}"
 
 
 def _no_overrides(name: str, overrides: dict) -> None:

@@ -224,6 +224,25 @@ class TestBitDepthReduce:
         jac = torch.autograd.functional.jacobian(lambda t: bit_depth_reduce(t, bits=3, ste=True), x.detach())
         assert torch.equal(jac.reshape(60, 60), torch.eye(60, dtype=torch.float64))
 
+    @pytest.mark.parametrize("bits", [1, 4])
+    def test_smooth_ste_is_the_surrogates_gradient_on_the_exact_forward(self, bits):
+        # ste_temperature changes the backward only: the value is the rounding, bit for bit, and the
+        # gradient is autograd's through bit_depth_surrogate (the same logistic, written out in closed form).
+        from purify.squeeze import bit_depth_surrogate
+
+        x = rand(2, 3, 6, 5, seed=10 + bits, dtype=torch.float64).requires_grad_(True)
+        w = rand(2, 3, 6, 5, seed=20 + bits, dtype=torch.float64)
+        y = bit_depth_reduce(x, bits=bits, ste=True, ste_temperature=0.1)
+        assert torch.equal(y.detach(), bit_depth_reduce(x.detach(), bits=bits))
+        got = torch.autograd.grad((y * w).sum(), x)[0]
+        want = torch.autograd.grad((bit_depth_surrogate(x, bits=bits, temperature=0.1) * w).sum(), x)[0]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        # without ste the temperature does not open a gradient; 0 keeps the identity
+        with pytest.raises(NonDifferentiableError):
+            bit_depth_reduce(x, bits=bits, ste_temperature=0.1).sum().backward()
+        ident = torch.autograd.grad(bit_depth_reduce(x, bits=bits, ste=True, ste_temperature=0.0).sum(), x)[0]
+        assert torch.equal(ident, torch.ones_like(x))
+
     def test_no_ste_backward_raises(self):
         x = rand(2, 3, 8, 8, seed=6).requires_grad_(True)
         y = bit_depth_reduce(x, bits=3)
@@ -245,6 +264,10 @@ class TestBitDepthReduce:
         (torch.rand(1, 1, 4, 4), {"bits": 25}, RangeError, r"bit_depth_reduce: expected bits in \[1, 24\], got 25"),
         (torch.rand(1, 1, 4, 4), {"bits": 5.0}, DTypeError, "bit_depth_reduce: expected bits to be an int"),
         (torch.rand(1, 1, 4, 4), {"ste": "yes"}, DTypeError, "bit_depth_reduce: expected ste to be a bool"),
+        (torch.rand(1, 1, 4, 4), {"ste_temperature": -0.1}, RangeError, "expected ste_temperature >= 0"),
+        (torch.rand(1, 1, 4, 4), {"ste_temperature": float("nan")}, RangeError, "expected ste_temperature >= 0"),
+        (torch.rand(1, 1, 4, 4), {"ste_temperature": float("inf")}, RangeError, "expected ste_temperature >= 0"),
+        (torch.rand(1, 1, 4, 4), {"ste_temperature": True}, RangeError, "expected ste_temperature >= 0"),
     ])
     def test_exception(self, x, kwargs, err, match):
         with pytest.raises(err, match=match):
@@ -253,12 +276,13 @@ class TestBitDepthReduce:
     # ------------------------------------------------------------------------------------------ module twin
 
     def test_module(self, device):
-        assert keyword_params(BitDepthReduce.__init__) == keyword_params(bit_depth_reduce) == {"bits": 5, "ste": False}
+        assert keyword_params(BitDepthReduce.__init__) == keyword_params(bit_depth_reduce) == {
+            "bits": 5, "ste": False, "ste_temperature": 0.0}
         x = rand(3, 3, 37, 31, dtype=torch.float32, device=device, seed=7)
         mod = BitDepthReduce(bits=3)
         assert torch.equal(mod(x), bit_depth_reduce(x, bits=3))
         assert torch.equal(mod.run(x), mod(x))
-        assert repr(mod) == "BitDepthReduce(bits=3, ste=False)"
+        assert repr(mod) == "BitDepthReduce(bits=3, ste=False, ste_temperature=0.0)"
         with pytest.raises(UnknownNameError, match="BitDepthReduce.run: unknown per-sample override"):
             mod.run(x, bits=torch.full((3,), 4.0))
 
@@ -325,6 +349,12 @@ def test_harness_threat_models():
     assert ste_stages(stages) == ["bit_depth"]
     full = full_pipeline(stages)
     assert [m.ste for m in full.purifiers] == [True, False] and full.differentiable
+    # A row asks for the smooth staircase by the stage's parameter: `full` then differentiates it.
+    smooth = full_pipeline((("bit_depth", {"bits": 1, "ste_temperature": 0.1}),))
+    assert (smooth.purifiers[0].ste, smooth.purifiers[0].ste_temperature) == (True, 0.1)
+    x = rand(1, 1, 4, 4, seed=11).requires_grad_(True)
+    g = torch.autograd.grad(smooth.run(x).sum(), x)[0]
+    assert not torch.equal(g, torch.ones_like(g)) and (g > 0).all()
 
 
 # ----------------------------------------------------------------------------- the smooth BPDA surrogate
