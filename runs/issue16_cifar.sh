@@ -7,7 +7,8 @@
 # 2026-12-03, ~32 s an epoch of 45,000 images on a free core, 1,400 img/s).
 # Budget cuts (2 CPU cores; the paper states no epoch count): 20 epochs for the plain recipes; 15 for FGSM AT (ε 0.05)
 # and VAT; GDA (σ 0.05) with 2 noisy copies per image and step instead of the paper's ten (--gda-copies, recorded in
-# the artifact), 15 epochs. About 2 CPU-hours in all.
+# the artifact), 15 epochs. Measured (the artifacts' train_seconds, two copies side by side on the 2-core machine,
+# 2026-12-03): 3.5 CPU-hours in all, from 13 min (cnn_cifar10, label smoothing) to 52 min (GDA + ReLU).
 # Several copies of this script may run at once (one per free core): a model another copy is training is skipped
 # (flock on runs/cifar16/<name>.lock, released when that process ends). A finished model (its .json exists) is
 # skipped; an interrupted one resumes from its checkpoint (commit runs/cifar16/*.pt with git add -f before a session

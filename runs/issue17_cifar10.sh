@@ -3,7 +3,8 @@
 # recipe, then fine-tuned by Deep Defense and its three peers, one after the other on 1 thread, into runs/dd17/.
 # Fine-tunes as on MNIST (runs/issue17_mnist.sh): batch 100, base lr 5e-4, cosine, --keep last; the paper runs 50
 # epochs on CIFAR-10. Budget cut: 5 epochs, and Deep Defense / Adv. Train I on a fixed 10,000-image subset
-# (--train-count 10000): a Deep Defense step costs ~75x a plain one on 1 CPU thread. NIN's c = 70 does not apply.
+# (--train-count 10000): a Deep Defense step costs ~75x a plain one on 1 CPU thread on MNIST's LeNet, ~50x on the
+# ConvNet (23 against ~1,150 images/s in runs/dd17's logs). NIN's c = 70 does not apply.
 # The reference: 30 epochs of one cycle peaking at lr 0.05 (the ConvNet has no batch normalization; the trainer's
 # CIFAR-10 default of 0.2 is for BN ResNets and diverges on the BReLU paper's BN-less CNN, runs/issue16_cifar.sh).
 # Two copies may run at once (one per free core) and share the fine-tunes, as runs/issue16_cifar.sh's copies do;
