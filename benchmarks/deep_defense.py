@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .convergence import wilson
+from .harness.report import repo_relative
 
 __all__ = ["NETS", "METHODS", "eps_ref_bisect", "fgs_direction", "evaluate_model", "fgs_columns", "build_page",
            "main"]
@@ -225,7 +226,7 @@ def _load(name: str, weights_dir: Path, data_dir: str | None) -> tuple[torch.nn.
 
     if (weights_dir / f"{name}.json").is_file():
         model = load_trained(name, weights_dir=weights_dir)
-        src = str(weights_dir / name)
+        src = repo_relative(str(weights_dir / name))
     elif name in list_models():
         try:
             model = create_model(name, pretrained=True, data_dir=data_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .deep_defense import CW_C0, FGS_GRID, HONEST_EPS, METHODS, NETS, PAPER, PGD, REPO, ROBUST_REFS, WORST
-from .harness.report import machine
+from .harness.report import machine, repo_relative
 
 __all__ = ["build_page"]
 
@@ -128,7 +128,7 @@ def build_page(results: dict[str, dict[str, Any]], *, command: str, weights_dir:
     lines += ["", "## Reading", "", *_reading(results), "", "## Commands", ""]
     for name, r in sorted(results.items()):
         a = r["artifact"]
-        lines.append(f"- `{name}` ({a['source']}, sha256 {a['sha256'][:12]}): `{r['command']}` "
+        lines.append(f"- `{name}` ({repo_relative(a['source'])}, sha256 {a['sha256'][:12]}): `{r['command']}` "
                      f"({r['seconds'] / 60:.1f} min); trained by `{a.get('training_command') or '?'}`")
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .convergence import wilson
-from .harness.report import machine
+from .harness.report import machine, repo_relative
 
 __all__ = ["repro_command", "compare", "main"]
 
@@ -109,7 +109,8 @@ def reproduce(name: str, work: Path) -> dict[str, Any]:
     if threads is not None:         # the machine line names the re-training's thread count, not this process's
         import torch
         torch.set_num_threads(int(threads))
-    return {"name": name, "command": shlex.join(["python", *cmd[1:]]), "shipped_sha256": shipped["sha256"],
+    return {"name": name, "command": repo_relative(shlex.join(["python", *cmd[1:]])),
+            "shipped_sha256": shipped["sha256"],
             "again_sha256": again["sha256"], "wall_s": round(time.perf_counter() - t), "machine": machine(),
             "date": dt.date.today().isoformat(), **compare(shipped, again)}
 
@@ -130,7 +131,8 @@ def build_page(results: list[dict[str, Any]]) -> str:
                          f"{r['wall_s'] / 60:.0f} min | {r['machine']}, {r['date']} |")
     if not results:
         lines.append("| (none yet) | | | | | | | | |")
-    lines += ["", "Commands of the re-trainings:", ""] + [f"- {r['name']}: `{r['command']}`" for r in results]
+    lines += ["", "Commands of the re-trainings:", ""]
+    lines += [f"- {r['name']}: `{repo_relative(r['command'])}`" for r in results]
     return "\n".join(lines) + "\n"
 
 

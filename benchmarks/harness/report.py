@@ -16,7 +16,7 @@ import torch
 
 from .schema import SUBSTITUTE_SOURCE, THREAT_MODELS, UNDEFENDED_EVAL
 
-__all__ = ["COLUMNS", "machine", "write_csv", "plotting_unavailable", "plot_accuracy", "plot_examples",
+__all__ = ["COLUMNS", "machine", "repo_relative", "write_csv", "plotting_unavailable", "plot_accuracy", "plot_examples",
            "write_report"]
 
 #: Columns of cells.csv, in order. Accuracies and rates are fractions in [0, 1]. New columns go at the end,
@@ -45,6 +45,20 @@ def machine() -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}, {platform.system()}), "
             f"{torch.get_num_threads()} torch threads, GPU: {gpu}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
+
+
+#: The checkout's root: committed pages name its files relative to it, never by this machine's absolute path.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_relative(text: str) -> str:
+    """``text`` with this checkout's absolute root taken off every path in it (for committed pages).
+
+    Example:
+        >>> repo_relative(f"--out {REPO_ROOT / 'runs' / 'repro' / 'm'} --epochs 2")
+        '--out runs/repro/m --epochs 2'
+    """
+    return text.replace(f"{REPO_ROOT}{os.sep}", "")
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

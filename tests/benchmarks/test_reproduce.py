@@ -48,3 +48,14 @@ def test_noise_verdict_uses_the_shipped_interval():
     assert not far["within_noise"] and not far["figures"]["clean"]["within_noise"]
     with pytest.raises(ValueError, match="different counts"):
         reproduce.compare(shipped, {"data": {"test_count": 2000}, "test": {"clean": 86.0}})
+
+
+def test_page_names_files_relative_to_the_checkout():
+    # A committed page must not carry this machine's absolute path (results written before the fix did).
+    work = reproduce.ROOT / "runs" / "repro"
+    row = {"name": "m", "command": f"python -m purify.training.adversarial --out {work}/m --checkpoint {work}/m.pt",
+           "shipped_sha256": "a", "again_sha256": "a", "wall_s": 60, "machine": "cpu", "date": "2026-12-03",
+           "figures": {"clean": {"shipped": 90.0, "again": 90.0, "diff": 0.0, "ci": [89.0, 91.0],
+                                 "within_noise": True}}}
+    page = reproduce.build_page([row])
+    assert str(reproduce.ROOT) not in page and "--out runs/repro/m --checkpoint runs/repro/m.pt" in page
