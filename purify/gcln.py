@@ -442,6 +442,9 @@ class GCLN(nn.Module):
         self.net = net
         #: The name or path the generator was loaded from (None when a module was passed).
         self.weights = source
+        #: sha256 of the generator's weights file when it came from an artifact (None for a module passed
+        #: in): what identifies this stage's weights, e.g. in the harness's cell keys.
+        self.artifact_sha256 = (getattr(net, "artifact", None) or {}).get("sha256")
         self.ste = ste
         # q: the step in use, its effective value (the generator's trained q when None was given).
         if isinstance(q, Tensor):

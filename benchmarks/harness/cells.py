@@ -1,8 +1,10 @@
 """Cells: one (attack, eps, threat model, swept parameters) combination, its cache key and cache file.
 
 A cell's key holds everything its numbers depend on: the images (dataset, split and the sha256 of
-the resolved indices), the model, the defense (left out under ``none`` and ``substitute``, which
-never see it), the substitute model (only under ``substitute`` and ``blackbox``, the cells that
+the resolved indices), the model (with the sha256 of its weights where they could change under the
+same name: your files, and the trained classifiers that ship in the package), the defense (with the
+sha256 of a stage's shipped weights, the GCLN generator; left out under ``none`` and ``substitute``,
+which never see it), the substitute model (only under ``substitute`` and ``blackbox``, the cells that
 attack it), the attack and its resolved parameters, eps, the threat model, the EOT sample count,
 the run seed and the batch size (randomness is drawn per batch). Descriptions, paper numbers and
 output paths are not part of it.

@@ -101,12 +101,23 @@ def select(cfg: RunConfig, ds) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     return indices, x, y
 
 
+def _retrainable(model: nn.Module) -> bool:
+    """Whether a registered model's weights ship in the package (``purify/weights``, made by
+    ``purify.training``): a re-trained artifact may replace them under the same name. The upstream
+    checkpoints' sha256 are pinned in the registry's code, so their name identifies their weights."""
+    from purify.models.factory import PackagedConfig
+    from purify.models.trained import TrainedConfig
+
+    return isinstance(getattr(model, "pretrained_cfg", None), (PackagedConfig, TrainedConfig))
+
+
 def load_classifier(cfg: RunConfig, section: str, folder: Path, dev: torch.device) -> tuple[nn.Module, dict]:
     """The model of ``[model]`` / ``[substitute]`` on ``dev`` in eval mode, and what identifies it in cell keys.
 
-    A registered model without extras keeps its config dict as its identity (the keys of every
-    existing cell stay valid); a factory or ONNX model is identified by the sha256 of its files, so
-    changed weights are never mistaken for the ones cached cells were made with.
+    A registered model is identified by its config dict, plus, when its weights ship in the package
+    (the trained classifiers; a re-trained artifact may replace them under the same name), their
+    sha256; a factory or ONNX model is identified by the sha256 of its files. So changed weights are
+    never mistaken for the ones cached cells were made with.
     """
     from purify._download import sha256_file
     from purify.models import Normalized
@@ -122,6 +133,8 @@ def load_classifier(cfg: RunConfig, section: str, folder: Path, dev: torch.devic
         for key in ("weights", "onnx"):
             if key in spec:
                 identity[f"{key}_sha256"] = sha256_file(spec[key])
+        if "name" in spec and "weights" not in spec and spec.get("pretrained") and _retrainable(model):
+            identity["weights_sha256"] = model.pretrained_cfg.sha256
         if "factory" in spec:
             module = sys.modules.get(spec["factory"].split(":")[0])
             source = getattr(module, "__file__", None)

@@ -315,13 +315,18 @@ def _worst_lines(cfg, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _cache_text(folder: Path | None) -> str:
-    """`` in `~/.cache/purify/cells/<name>` ``: the home folder shortened, so reports do not carry a user name."""
+    """`` in `~/.cache/purify/cells/<name>` ``: the home folder shortened, so reports do not carry a user name;
+    a folder inside the checkout (the leaderboard's committed cells) relative to it."""
     if folder is None:
         return ""
+    resolved = Path(folder).resolve()
     try:
-        shown = "~/" + Path(folder).resolve().relative_to(Path.home().resolve()).as_posix()
+        shown = resolved.relative_to(REPO_ROOT).as_posix()
     except ValueError:
-        shown = Path(folder).as_posix()
+        try:
+            shown = "~/" + resolved.relative_to(Path.home().resolve()).as_posix()
+        except ValueError:
+            shown = Path(folder).as_posix()
     return f" in `{shown}`"
 
 

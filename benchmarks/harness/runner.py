@@ -148,6 +148,12 @@ def prepare(cfg: RunConfig, *, data_dir: str | Path | None = None, device: str |
     if cfg.head != "softmax":     # cells made with other head weights are recomputed, not reused
         base["model"]["head"]["sha256"] = classifier.head.sha256
     pipeline, full = (Pipeline.from_spec(list(cfg.stages)), full_pipeline(cfg.stages)) if cfg.stages else (None, None)
+    # ... and so are cells made with other stage weights (the GCLN generator): a stage that loaded an artifact
+    # names its sha256, keyed by the stage's position in the pipeline.
+    artifacts = {str(i): sha for i, m in enumerate(pipeline.purifiers if pipeline is not None else ())
+                 if (sha := getattr(m, "artifact_sha256", None)) is not None}
+    if artifacts:
+        base["defense"]["artifacts"] = artifacts
     return Prepared(cfg=cfg, device=dev, x=x, y=y, indices=indices, classes=ds.classes, classifier=classifier,
                     attack_classifier=attack_classifier, other_side=other_side, pipeline=pipeline, full=full,
                     cells=expand_cells(cfg, base), base=base, substitute=models.get("substitute"),

@@ -170,6 +170,37 @@ def test_cache_key_stable_and_specific():
     assert "fgsm eps=0.031 [transfer]" in eps and eps["deepfool [none]"] == base["deepfool [none]"]
 
 
+def test_cache_key_names_shipped_weights(data_dir, tmp_path, one_thread):
+    """Cells made with weights that ship in the package (a trained classifier, the GCLN generator) name
+    their sha256, so a re-trained artifact under the same name is never served the old cells; the
+    upstream checkpoints, pinned by sha256 in the registry, keep their name alone."""
+    from benchmarks.harness.runner import prepare
+    from purify.models import get_model_config
+
+    raw = _raw()
+    raw["data"] = {"dataset": "mnist", "split": "test", "count": 4, "seed": 1}
+    raw["model"] = {"name": "lenet5_mnist", "pretrained": True}
+    raw.pop("defense")
+    raw["attacks"] = [{"name": "fgsm", "eps": [0.1], "threat_models": ["none"]}]
+    for key in ("examples", "paper", "quick"):
+        raw.pop(key)
+    trained = prepare(parse_config(raw, tmp_path / "trained.toml"), data_dir=data_dir)
+    assert trained.base["model"] == {"name": "lenet5_mnist", "pretrained": True,
+                                     "weights_sha256": get_model_config("lenet5_mnist").sha256}
+    assert "artifacts" not in trained.base["defense"]
+
+    raw = _raw()
+    raw["defense"] = {"stages": [{"name": "gcln"}]}
+    raw["attacks"] = [{"name": "fgsm", "eps": [0.03], "threat_models": ["bpda"]}]
+    for key in ("examples", "paper", "quick"):
+        raw.pop(key)
+    staged = prepare(parse_config(raw, tmp_path / "gcln.toml"), data_dir=data_dir)
+    assert staged.base["model"] == {"name": "resnet20", "pretrained": True}       # upstream: the name pins it
+    sha = staged.pipeline.purifiers[0].artifact_sha256
+    assert len(sha) == 64 and staged.base["defense"]["artifacts"] == {"0": sha}
+    assert staged.cells[0].key["defense"]["artifacts"] == {"0": sha}
+
+
 # ----------------------------------------------------------------------------- a tiny run, resumed
 
 @pytest.fixture(scope="module")
